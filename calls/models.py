@@ -1,0 +1,282 @@
+"""The call log, the routing and click-to-call ledgers, recordings and the outbox."""
+
+from __future__ import annotations
+
+import secrets as pysecrets
+
+from django.db import models
+from django.utils import timezone
+
+from calls.events import KINDS, RESULTS
+from integrations.models import CrmConnection, PbxConnection, Tenant
+
+
+def new_recording_token() -> str:
+    """The unguessable part of a permanent recording link: 32 random bytes (256 bits)."""
+    return pysecrets.token_urlsafe(32)
+
+
+class Call(models.Model):
+    IN, OUT, INTERNAL = "in", "out", "internal"
+    DIRECTIONS = [(IN, "incoming"), (OUT, "outgoing"), (INTERNAL, "internal"), ("", "unknown")]
+    RESULT_CHOICES = [(r, r.replace("_", " ")) for r in RESULTS] + [("", "in progress")]
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="calls")
+    pbx_connection = models.ForeignKey(PbxConnection, on_delete=models.CASCADE, related_name="calls")
+    provider_call_id = models.CharField(max_length=200)
+    direction = models.CharField(max_length=10, choices=DIRECTIONS, blank=True)
+    client_phone = models.CharField(max_length=20, blank=True, db_index=True, help_text="E.164")
+    client_phone_raw = models.CharField(max_length=200, blank=True)
+    external_phone = models.CharField(max_length=20, blank=True, help_text="The DID (E.164)")
+    location = models.CharField(
+        max_length=10, blank=True, help_text="Where the call is now: ivr, queue, agent"
+    )
+    rang_extensions = models.JSONField(default=list, blank=True)
+    answered_extensions = models.JSONField(default=list, blank=True)
+    first_answered_extension = models.CharField(max_length=6, blank=True, db_index=True)
+    last_answered_extension = models.CharField(max_length=6, blank=True, db_index=True)
+    initiating_extension = models.CharField(max_length=6, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    talk_seconds = models.PositiveIntegerField(null=True, blank=True)
+    wait_seconds = models.PositiveIntegerField(null=True, blank=True)
+    result = models.CharField(max_length=20, choices=RESULT_CHOICES, blank=True, db_index=True)
+    ended = models.BooleanField(default=False, help_text="The PBX reported the end of the call.")
+    final_for_crm = models.BooleanField(
+        default=False, help_text="Outcome and recording expectation known: completion messages may go out."
+    )
+    final_at = models.DateTimeField(null=True, blank=True)
+    recording_expected = models.BooleanField(null=True, blank=True)
+    completion_note = models.CharField(max_length=300, blank=True)
+    originate_request = models.ForeignKey(
+        "OriginateRequest", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pbx_connection", "provider_call_id"], name="unique_provider_call"
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "-started_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_direction_display()} {self.client_phone or self.client_phone_raw} ({self.provider_call_id})"
+
+    @property
+    def is_external(self) -> bool:
+        return self.direction in {self.IN, self.OUT}
+
+    @property
+    def responsible_extension(self) -> str:
+        """Whom the call belongs to: the last who answered; unanswered, the routed or the initiating one."""
+        if self.last_answered_extension:
+            return self.last_answered_extension
+        if self.initiating_extension:
+            return self.initiating_extension
+        decision = self.routing_decisions.exclude(extension="").order_by("-created_at").first()
+        if decision:
+            return decision.extension
+        return self.rang_extensions[0] if self.rang_extensions else ""
+
+
+class CallEvent(models.Model):
+    KIND_CHOICES = [(k, k) for k in KINDS]
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events")
+    pbx_connection = models.ForeignKey(PbxConnection, on_delete=models.CASCADE, related_name="+")
+    dedupe_key = models.CharField(max_length=300)
+    order_key = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=KIND_CHOICES)
+    leg_id = models.CharField(max_length=200, blank=True)
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(default=timezone.now)
+    normalised = models.JSONField(default=dict)
+    raw = models.JSONField(default=dict, help_text="As received, credentials stripped")
+
+    class Meta:
+        ordering = ["order_key", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["pbx_connection", "dedupe_key"], name="unique_call_event"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.occurred_at:%H:%M:%S}"
+
+
+class RoutingDecision(models.Model):
+    SOURCES = ["crm", "cache", "history", "none"]
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="routing_decisions")
+    pbx_connection = models.ForeignKey(PbxConnection, null=True, blank=True, on_delete=models.SET_NULL)
+    call = models.ForeignKey(
+        Call, null=True, blank=True, on_delete=models.SET_NULL, related_name="routing_decisions"
+    )
+    provider_call_id = models.CharField(max_length=200, blank=True)
+    caller = models.CharField(max_length=20, blank=True)
+    did = models.CharField(max_length=20, blank=True)
+    extension = models.CharField(max_length=6, blank=True)
+    display_name = models.CharField(max_length=200, blank=True)
+    source = models.CharField(max_length=60, help_text="CRM connection key, cache, history or none")
+    latency_ms = models.PositiveIntegerField(default=0)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.caller} → {self.extension or '-'} ({self.source})"
+
+
+class OriginateRequest(models.Model):
+    PENDING, OK, FAILED = "pending", "ok", "failed"
+    STATUSES = [(PENDING, "pending"), (OK, "accepted by the PBX"), (FAILED, "failed")]
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="originate_requests")
+    pbx_connection = models.ForeignKey(PbxConnection, null=True, blank=True, on_delete=models.SET_NULL)
+    crm_connection = models.ForeignKey(CrmConnection, null=True, blank=True, on_delete=models.SET_NULL)
+    extension = models.CharField(max_length=6)
+    phone = models.CharField(max_length=20, help_text="E.164")
+    external_phone = models.CharField(max_length=20, blank=True)
+    crm_user_id = models.CharField(max_length=100, blank=True)
+    context = models.JSONField(default=dict, blank=True)
+    correlation_id = models.CharField(max_length=200, blank=True, db_index=True)
+    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
+    error = models.TextField(blank=True)
+    call = models.ForeignKey(Call, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.extension} → {self.phone} ({self.status})"
+
+
+class Recording(models.Model):
+    EXPECTED, FETCHING, STORED, UNAVAILABLE, PURGED = (
+        "expected",
+        "fetching",
+        "stored",
+        "unavailable",
+        "purged",
+    )
+    STATES = [(s, s) for s in (EXPECTED, FETCHING, STORED, UNAVAILABLE, PURGED)]
+
+    call = models.OneToOneField(Call, on_delete=models.CASCADE, related_name="recording")
+    token = models.CharField(max_length=64, unique=True, default=new_recording_token, editable=False)
+    state = models.CharField(max_length=12, choices=STATES, default=EXPECTED)
+    hints = models.JSONField(
+        default=dict, blank=True, help_text="PBX hints for fetching (ids), no credentials"
+    )
+    file = models.CharField(max_length=300, blank=True, help_text="Name in the recordings storage")
+    content_type = models.CharField(max_length=100, blank=True)
+    size = models.PositiveBigIntegerField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    stored_at = models.DateTimeField(null=True, blank=True)
+    purged_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"recording of {self.call_id} ({self.state})"
+
+    @property
+    def public_url(self) -> str:
+        from integrations.providers.base import public_base_url
+
+        return f"{public_base_url()}/records/{self.token}"
+
+
+class OutboundJob(models.Model):
+    PENDING, SENT, FAILED, DEAD, EXPIRED = "pending", "sent", "failed", "dead", "expired"
+    STATUSES = [(s, s) for s in (PENDING, SENT, FAILED, DEAD, EXPIRED)]
+    OPEN = (PENDING,)
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="outbound_jobs")
+    pbx_connection = models.ForeignKey(
+        PbxConnection, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    crm_connection = models.ForeignKey(
+        CrmConnection, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    connection_ref = models.CharField(max_length=40, help_text="pbx:<id> or crm:<id>")
+    kind = models.CharField(max_length=60)
+    call = models.ForeignKey(Call, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
+    order_key = models.CharField(max_length=100, blank=True)
+    dedupe_key = models.CharField(max_length=300)
+    payload = models.JSONField(
+        default=dict, blank=True, help_text="Hints only; the message is built at send time"
+    )
+    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    due_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    window_ends_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_status = models.PositiveIntegerField(null=True, blank=True)
+    last_response = models.TextField(blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["connection_ref", "dedupe_key"], name="unique_outbound_job"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"]),
+            models.Index(fields=["call", "connection_ref", "order_key"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} → {self.connection_ref} ({self.status})"
+
+    @property
+    def connection(self) -> PbxConnection | CrmConnection:
+        return self.crm_connection if self.crm_connection_id else self.pbx_connection
+
+
+class JobAttempt(models.Model):
+    SENT, TRANSIENT, PERMANENT = "sent", "transient", "permanent"
+
+    job = models.ForeignKey(OutboundJob, on_delete=models.CASCADE, related_name="attempt_log")
+    started_at = models.DateTimeField(default=timezone.now)
+    duration_ms = models.PositiveIntegerField(default=0)
+    outcome = models.CharField(max_length=10)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    response = models.TextField(blank=True)
+    batch_size = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        ordering = ["started_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.outcome} at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
+class PlaybackLog(models.Model):
+    """One request for a recording link, kept for the tenant's audit."""
+
+    recording = models.ForeignKey(Recording, on_delete=models.CASCADE, related_name="playbacks")
+    at = models.DateTimeField(default=timezone.now)
+    address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    status = models.PositiveIntegerField(default=200)
+    client_id_used = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.address} ({self.status})"

@@ -1,0 +1,303 @@
+"""Tenants, their PBX and CRM connections, extensions and external phones."""
+
+from __future__ import annotations
+
+import secrets as pysecrets
+import zoneinfo
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from integrations.crypto import EncryptedJSONField, new_token
+from integrations.phones import InvalidPhone, to_e164
+from integrations.providers.base import (
+    CRM,
+    GENERATE,
+    PBX,
+    SchemaError,
+    get_provider,
+    provider_choices,
+    provider_class,
+    public_base_url,
+)
+
+slug_validator = RegexValidator(r"^[a-z0-9][a-z0-9_-]{0,49}$", "Lower-case letters, digits, '-' and '_'.")
+extension_validator = RegexValidator(r"^\d{2,6}$", "An extension is 2 to 6 digits.")
+
+
+def new_public_id() -> str:
+    """The unguessable id in a connection's inbound URLs (≥ 128 random bits)."""
+    return pysecrets.token_urlsafe(18)
+
+
+def validate_time_zone(value: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"Unknown time zone {value!r}.") from None
+
+
+def validate_region(value: str) -> None:
+    import phonenumbers
+
+    if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValidationError(f"Unknown phone region {value!r}.")
+
+
+class TenantQuerySet(models.QuerySet):
+    def for_user(self, user: Any, roles: tuple[str, ...] = ("admin", "support")) -> TenantQuerySet:
+        if user.is_superuser:
+            return self
+        return self.filter(memberships__user=user, memberships__role__in=roles).distinct()
+
+
+class Tenant(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=50, unique=True, validators=[slug_validator])
+    region = models.CharField(
+        max_length=2,
+        default="RU",
+        validators=[validate_region],
+        help_text="Region for parsing phone numbers.",
+    )
+    time_zone = models.CharField(max_length=64, default="Europe/Moscow", validators=[validate_time_zone])
+    retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Delete recordings this many days after the call. Blank: keep forever.",
+    )
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.time_zone)
+
+    def active_pbx(self) -> PbxConnection | None:
+        return self.pbx_connections.filter(active=True).first()
+
+    def active_crms(self) -> models.QuerySet[CrmConnection]:
+        return self.crm_connections.filter(active=True).order_by("priority", "id")
+
+
+class TenantMembership(models.Model):
+    ADMIN = "admin"
+    SUPPORT = "support"
+    ROLES = [(ADMIN, "Admin (configures the tenant)"), (SUPPORT, "Support (reads call history)")]
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tenant_memberships"
+    )
+    role = models.CharField(max_length=10, choices=ROLES, default=SUPPORT)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="unique_membership")]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.tenant} ({self.role})"
+
+
+class Connection(models.Model):
+    """One account at one provider. Settings are validated by the provider's schema; secrets are encrypted."""
+
+    SIDE: str = ""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="%(class)ss")
+    key = models.CharField(
+        max_length=50, validators=[slug_validator], help_text="Names the connection inside its tenant."
+    )
+    provider = models.CharField(max_length=30)
+    active = models.BooleanField(default=True)
+    settings = models.JSONField(default=dict, blank=True)
+    secrets = EncryptedJSONField(default=dict, blank=True)
+    public_id = models.CharField(max_length=64, unique=True, default=new_public_id, editable=False)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}/{self.key} ({self.provider})"
+
+    @property
+    def provider_cls(self) -> Any:
+        return provider_class(self.provider)
+
+    @property
+    def adapter(self) -> Any:
+        return get_provider(self)
+
+    def clean(self) -> None:
+        if self.provider not in dict(provider_choices(self.SIDE)):
+            raise ValidationError({"provider": f"Unknown {self.SIDE.upper()} provider {self.provider!r}."})
+        try:
+            self.settings = self.provider_cls.clean_settings(self.settings)
+        except SchemaError as exc:
+            raise ValidationError({"settings": str(exc)}) from None
+        secrets = dict(self.secrets or {})
+        for name in self.provider_cls.issued_secrets():
+            if secrets.get(name) == GENERATE:
+                secrets[name] = new_token()
+        try:
+            self.secrets = self.provider_cls.clean_secrets(secrets)
+        except SchemaError as exc:
+            raise ValidationError({"secrets": str(exc)}) from None
+
+    def inbound_urls(self) -> dict[str, str]:
+        base = f"{public_base_url()}/hooks/{self.provider}/{self.public_id}/"
+        urls = {}
+        if self.provider_cls.base_url_is_configured:
+            urls["base"] = base
+        for suffix in self.provider_cls.inbound_paths:
+            urls[suffix or "url"] = base + suffix
+        return urls
+
+    def flag_error(self, message: str) -> None:
+        """Show a permanent problem to the admin (wrong key, revoked link)."""
+        type(self).objects.filter(pk=self.pk).update(last_error=message[:2000], last_error_at=timezone.now())
+        self.last_error, self.last_error_at = message[:2000], timezone.now()
+
+    def regenerate_secret(self, name: str) -> str:
+        if name not in self.provider_cls.issued_secrets():
+            raise ValueError(f"{name} is not a token the portal issues")
+        token = new_token()
+        self.secrets = {**self.secrets, name: token}
+        self.save(update_fields=["secrets", "updated_at"])
+        return token
+
+
+class PbxConnection(Connection):
+    SIDE = PBX
+
+    provider = models.CharField(max_length=30, choices=provider_choices(PBX))
+
+    class Meta:
+        verbose_name = "PBX connection"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "key"], name="unique_pbx_key"),
+            models.UniqueConstraint(
+                fields=["tenant"], condition=Q(active=True), name="one_active_pbx_per_tenant"
+            ),
+        ]
+
+    def clean(self) -> None:
+        super().clean()
+        if self.active and self.tenant_id:
+            others = PbxConnection.objects.filter(tenant_id=self.tenant_id, active=True).exclude(pk=self.pk)
+            if others.exists():
+                raise ValidationError({"active": "This tenant already has an active PBX connection."})
+
+
+class CrmConnection(Connection):
+    SIDE = CRM
+
+    provider = models.CharField(max_length=30, choices=provider_choices(CRM))
+    priority = models.PositiveIntegerField(
+        default=10, help_text="Routing asks CRMs in this order: a lower number is asked first."
+    )
+
+    class Meta:
+        verbose_name = "CRM connection"
+        ordering = ["priority", "id"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "key"], name="unique_crm_key")]
+
+
+class Extension(models.Model):
+    """An employee's internal number at the PBX. Not a phone number: never parsed as one."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="extensions")
+    number = models.CharField(max_length=6, validators=[extension_validator])
+    name = models.CharField(max_length=200, blank=True)
+    email = models.EmailField(blank=True)
+
+    class Meta:
+        ordering = ["number"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "number"], name="unique_extension")]
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.name}".strip()
+
+
+class ExtensionMapping(models.Model):
+    """Extension ↔ a CRM user id, per CRM connection, with the user's last known status in that CRM."""
+
+    extension = models.ForeignKey(Extension, on_delete=models.CASCADE, related_name="mappings")
+    crm_connection = models.ForeignKey(CrmConnection, on_delete=models.CASCADE, related_name="mappings")
+    crm_user_id = models.CharField(max_length=100)
+    status = models.CharField(
+        max_length=30, blank=True, help_text="Last status the CRM reported (free, busy…)."
+    )
+    status_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["extension", "crm_connection"], name="unique_mapping"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.extension.number} → {self.crm_connection.key}:{self.crm_user_id}"
+
+    def clean(self) -> None:
+        if (
+            self.extension_id
+            and self.crm_connection_id
+            and self.extension.tenant_id != self.crm_connection.tenant_id
+        ):
+            raise ValidationError("The extension and the CRM connection belong to different tenants.")
+
+
+class ExternalPhone(models.Model):
+    """A DID of the PBX, with a site/shop code per CRM connection (RetailCRM siteCode)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="external_phones")
+    number = models.CharField(max_length=20, help_text="E.164; any common written form is accepted.")
+    label = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["number"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "number"], name="unique_external_phone")]
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.label}".strip()
+
+    def clean(self) -> None:
+        region = self.tenant.region if self.tenant_id else "RU"
+        try:
+            self.number = to_e164(self.number, region)
+        except InvalidPhone as exc:
+            raise ValidationError({"number": str(exc)}) from None
+
+    def site_code_for(self, crm_connection: CrmConnection) -> str:
+        code = self.site_codes.filter(crm_connection=crm_connection).first()
+        return code.code if code else ""
+
+
+class ExternalPhoneSiteCode(models.Model):
+    external_phone = models.ForeignKey(ExternalPhone, on_delete=models.CASCADE, related_name="site_codes")
+    crm_connection = models.ForeignKey(CrmConnection, on_delete=models.CASCADE, related_name="site_codes")
+    code = models.CharField(max_length=100)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["external_phone", "crm_connection"], name="unique_site_code"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.crm_connection.key}: {self.code}"

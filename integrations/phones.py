@@ -1,0 +1,54 @@
+"""The one phone-number helper. Extensions are never parsed here: they are not phone numbers."""
+
+from __future__ import annotations
+
+import phonenumbers
+
+DEFAULT_REGION = "RU"
+
+
+class InvalidPhone(ValueError):
+    pass
+
+
+def to_e164(raw: str, region: str = DEFAULT_REGION) -> str:
+    """Parse a phone number in any common written form ('8 (916) 123-45-67', '79161234567', 'sip:+7916…@host')
+    into E.164. Raises InvalidPhone when it is not a possible number."""
+    text = (raw or "").strip()
+    if text.lower().startswith(("sip:", "sips:", "tel:")):
+        text = text.split(":", 1)[1]
+    text = text.split("@", 1)[0].strip()
+    if not text:
+        raise InvalidPhone("empty phone number")
+    digits = "".join(ch for ch in text if ch.isdigit())
+    region = (region or DEFAULT_REGION).upper()
+    candidates = [text]
+    if not text.startswith("+") and digits:
+        # '79161234567' written without '+' is common in PBX and CRM payloads: try it as international first
+        # when it is too long to be national.
+        candidates = [f"+{digits}", text] if len(digits) > 10 else [text, f"+{digits}"]
+    for candidate in candidates:
+        try:
+            number = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_possible_number(number):
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    raise InvalidPhone(f"not a phone number: {raw!r}")
+
+
+def to_e164_or_none(raw: str | None, region: str = DEFAULT_REGION) -> str | None:
+    try:
+        return to_e164(raw or "", region)
+    except InvalidPhone:
+        return None
+
+
+def digits_only(e164: str) -> str:
+    """'+79161234567' → '79161234567' (Planfix, RetailCRM and others want no '+')."""
+    return "".join(ch for ch in e164 if ch.isdigit())
+
+
+def is_extension(value: str) -> bool:
+    """Extensions are short digit strings (2 to 6 digits); anything longer is a phone number."""
+    return value.isdigit() and 2 <= len(value) <= 6

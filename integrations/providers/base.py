@@ -1,0 +1,449 @@
+"""Provider interfaces and the explicit registry.
+
+`calls/` and the views know only this module. A provider is a class registered under its key in REGISTRY
+(a dotted path, imported on first use, so nothing registers itself by import side effects and this module
+imports no provider). Adding a provider = one module + its fixtures and tests + one line in REGISTRY.
+
+A provider instance wraps one connection (`PbxConnection` or `CrmConnection`): `get_provider(conn)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hmac
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from django.conf import settings as django_settings
+from django.utils.module_loading import import_string
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+    from rest_framework.request import Request
+    from rest_framework.response import Response
+
+    from calls.events import NormalisedEvent
+    from calls.models import Call, OriginateRequest, OutboundJob, Recording
+    from integrations.models import Connection
+
+PBX = "pbx"
+CRM = "crm"
+
+REGISTRY: dict[str, str] = {
+    "rostelecom": "integrations.providers.rostelecom.RostelecomProvider",
+    "mango": "integrations.providers.mango.MangoProvider",
+    "planfix": "integrations.providers.planfix.PlanfixProvider",
+    "retailcrm": "integrations.providers.retailcrm.RetailCrmProvider",
+    "wirecrm": "integrations.providers.wirecrm.WireCrmProvider",
+}
+SIDES: dict[str, str] = {"rostelecom": PBX, "mango": PBX, "planfix": CRM, "retailcrm": CRM, "wirecrm": CRM}
+LABELS: dict[str, str] = {
+    "rostelecom": "Rostelecom virtual PBX",
+    "mango": "Mango Office VPBX",
+    "planfix": "Planfix",
+    "retailcrm": "RetailCRM",
+    "wirecrm": "WireCRM",
+}
+
+
+def provider_choices(side: str) -> list[tuple[str, str]]:
+    return [(key, LABELS[key]) for key, s in SIDES.items() if s == side]
+
+
+def provider_class(key: str) -> type[Provider]:
+    try:
+        return import_string(REGISTRY[key])
+    except KeyError:
+        raise UnknownProvider(key) from None
+
+
+def get_provider(connection: Connection) -> Any:
+    """The provider adapter for one connection (a PbxProvider or a CrmProvider)."""
+    return provider_class(connection.provider)(connection)
+
+
+class UnknownProvider(LookupError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Settings and secrets schemas
+# ---------------------------------------------------------------------------------------------------------
+
+GENERATE = "generate"
+MASK = "***"
+REQUIRED = object()
+
+
+class SchemaError(ValueError):
+    """A settings or secrets value that the provider's schema refuses; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a connection's `settings` or `secrets`.
+
+    kind: str | url | int | bool | choice | map | extension. `issued` marks a secret the portal issues
+    (it accepts "generate" and can be revealed to tenant admins); other secrets are write-only.
+    """
+
+    name: str
+    kind: str = "str"
+    default: Any = None
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+    issued: bool = False
+    help: str = ""
+
+    def clean(self, value: Any) -> Any:
+        if value is None or value == "":
+            if self.required:
+                raise SchemaError(self.name, "is required")
+            return self.default
+        kind = self.kind
+        if kind in {"str", "secret"}:
+            if not isinstance(value, str):
+                raise SchemaError(self.name, "must be a string")
+            return value.strip()
+        if kind == "url":
+            if not isinstance(value, str):
+                raise SchemaError(self.name, "must be a URL string")
+            parts = urlsplit(value.strip())
+            if parts.scheme not in {"http", "https"} or not parts.netloc:
+                raise SchemaError(self.name, f"must be an http(s) URL, got {value!r}")
+            return value.strip()
+        if kind == "int":
+            if isinstance(value, bool):
+                raise SchemaError(self.name, "must be a whole number")
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                raise SchemaError(self.name, f"must be a whole number, got {value!r}") from None
+            if self.minimum is not None and number < self.minimum:
+                raise SchemaError(self.name, f"must be at least {self.minimum}")
+            if self.maximum is not None and number > self.maximum:
+                raise SchemaError(self.name, f"must be at most {self.maximum}")
+            return number
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in {
+                "true",
+                "1",
+                "yes",
+                "on",
+                "false",
+                "0",
+                "no",
+                "off",
+            }:
+                return value.lower() in {"true", "1", "yes", "on"}
+            raise SchemaError(self.name, f"must be true or false, got {value!r}")
+        if kind == "choice":
+            if value not in self.choices:
+                raise SchemaError(self.name, f"must be one of {', '.join(self.choices)}, got {value!r}")
+            return value
+        if kind == "map":
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                raise SchemaError(self.name, "must be an object of strings")
+            return dict(value)
+        raise SchemaError(self.name, f"unknown field kind {kind!r}")  # pragma: no cover - schema bug
+
+
+def clean_mapping(fields: Sequence[Field], data: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    """Validate a settings dict against fields: unknown keys are errors naming them; defaults filled in."""
+    data = dict(data or {})
+    known = {f.name for f in fields}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SchemaError(
+            f"{what}.{unknown[0]}", f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    cleaned: dict[str, Any] = {}
+    for f in fields:
+        try:
+            value = f.clean(data.get(f.name))
+        except SchemaError as exc:
+            raise SchemaError(f"{what}.{f.name}", str(exc).split(": ", 1)[-1]) from None
+        if value is not None:
+            cleaned[f.name] = value
+    return cleaned
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data the pipeline and the adapters exchange
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """What an adapter declares about one kind of outbound job.
+
+    window: how long after creation a transiently failing job keeps being retried before it is `dead`.
+    ttl: a job not sent this long after it was due is `expired` (live pop-ups); None = never expires.
+    expires_on_call_end: a pending job of this kind expires once its call has ended (pop-ups, IVR routes).
+    batch_size: how many jobs of this kind to one connection the relay claims together (RetailCRM upload: 50).
+    ordered: waits behind earlier jobs of the same call and connection (by event order key).
+    """
+
+    window: dt.timedelta = dt.timedelta(hours=72)
+    ttl: dt.timedelta | None = None
+    expires_on_call_end: bool = False
+    batch_size: int = 1
+    ordered: bool = True
+
+
+POPUP = JobKind(ttl=dt.timedelta(minutes=2), expires_on_call_end=True)
+FINAL = JobKind(window=dt.timedelta(hours=72))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """An outbound job an adapter asks the pipeline to create. `dedupe_key` is unique per connection, so
+    asking twice (a repeated webhook, a recomputed state) creates one job."""
+
+    kind: str
+    dedupe_key: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    call: Call | None = None
+    order_key: str = ""
+    due_at: dt.datetime | None = None
+
+
+NoticeKind = Literal["ringing", "dialing", "answered", "leg_cancelled", "completed", "recording_stored"]
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A change of a call that CRMs care about, computed once by the pipeline for every CRM adapter.
+
+    ringing: an incoming call rings `extension` (opens a card); dialing: `extension` started an outgoing call;
+    answered: `extension` took the call; leg_cancelled: `extension` rang but a colleague answered, or the
+    caller hung up (closes that card); completed: the call is final for CRMs; recording_stored: the file is
+    in storage and `/records/<token>` serves it.
+    """
+
+    kind: NoticeKind
+    order_key: str
+    extension: str = ""
+
+
+@dataclass(frozen=True)
+class RoutingQuery:
+    caller: str  # E.164
+    did: str  # E.164 or ""
+    provider_call_id: str = ""  # the PBX call id, when the PBX gave one
+    tenant_id: int | None = None
+    call: Call | None = None
+
+
+@dataclass(frozen=True)
+class RoutingAnswer:
+    extension: str = ""
+    display_name: str = ""
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    number: str
+    name: str = ""
+    email: str = ""
+
+
+@dataclass(frozen=True)
+class OriginateResult:
+    correlation_id: str
+
+
+class ProviderError(Exception):
+    """A provider refused or could not be reached. `permanent` decides between retry and failure."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        permanent: bool = False,
+        retry_after: float | None = None,
+        flag_connection: bool = False,
+        body: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.permanent = permanent
+        self.retry_after = retry_after
+        self.flag_connection = flag_connection
+        self.body = body
+
+
+class WebhookAuthError(Exception):
+    """Inbound credentials missing or wrong. Answered with the provider's own status and body."""
+
+
+class WebhookInputError(Exception):
+    """Inbound request malformed. Answered with the provider's own 400 body; nothing is stored."""
+
+
+def secrets_equal(given: str | bytes | None, expected: str | bytes | None) -> bool:
+    """Constant-time comparison; False when either side is missing."""
+    if not given or not expected:
+        return False
+    a = given.encode() if isinstance(given, str) else given
+    b = expected.encode() if isinstance(expected, str) else expected
+    return hmac.compare_digest(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Interfaces
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Provider:
+    key: ClassVar[str]
+    side: ClassVar[str]
+    settings_fields: ClassVar[tuple[Field, ...]] = ()
+    secret_fields: ClassVar[tuple[Field, ...]] = ()
+    # Inbound URL suffixes shown to admins, relative to /hooks/<key>/<public_id>/ ("" = the base itself).
+    inbound_paths: ClassVar[tuple[str, ...]] = ()
+    # When the provider appends its own suffixes, admins paste the base URL into its cabinet.
+    base_url_is_configured: ClassVar[bool] = False
+    # The status and body for bad or missing credentials.
+    auth_failure_status: ClassVar[int] = 403
+    job_kinds: ClassVar[dict[str, JobKind]] = {}
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    # ---- configuration ----
+    @classmethod
+    def clean_settings(cls, data: dict[str, Any] | None) -> dict[str, Any]:
+        return clean_mapping(cls.settings_fields, data, "settings")
+
+    @classmethod
+    def clean_secrets(cls, data: dict[str, Any] | None) -> dict[str, Any]:
+        return clean_mapping(cls.secret_fields, data, "secrets")
+
+    @classmethod
+    def issued_secrets(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in cls.secret_fields if f.issued)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        merged = {f.name: f.default for f in self.settings_fields}
+        merged.update(self.connection.settings or {})
+        return merged
+
+    @property
+    def secrets(self) -> dict[str, Any]:
+        return dict(self.connection.secrets or {})
+
+    def secret_values(self) -> list[str]:
+        """Every secret value of this connection: masked in logs and stripped from stored payloads."""
+        return [v for v in self.secrets.values() if isinstance(v, str) and v]
+
+    # ---- inbound ----
+    def authenticate(self, request: HttpRequest, action: str) -> None:
+        """Verify credentials over the raw body (request.body) in constant time; raise WebhookAuthError."""
+        raise WebhookAuthError("no inbound endpoint")
+
+    def error_body(self, status: int, message: str) -> Any:
+        return {"error": message}
+
+    def parser_classes(self, action: str) -> list[type]:
+        from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+
+        return [JSONParser, FormParser, MultiPartParser]
+
+    def renderer_classes(self, action: str) -> list[type]:
+        from rest_framework.renderers import JSONRenderer
+
+        return [JSONRenderer]
+
+    def allows_unauthenticated(self, action: str) -> bool:
+        return False
+
+    def handle(self, request: Request, action: str) -> Response:
+        """Answer one authenticated inbound request (DRF Request); raise WebhookInputError for bad input."""
+        raise WebhookInputError(f"unknown action {action!r}")
+
+    # ---- outbound jobs ----
+    def perform(self, job: OutboundJob) -> str:
+        """Send one job (payload built now from current state). Return a short response summary for the
+        attempt log; raise ProviderError (or integrations.http.OutboundError) on failure."""
+        raise ProviderError(f"{self.key} has no job kind {job.kind!r}", permanent=True)
+
+    def perform_batch(self, jobs: list[OutboundJob]) -> dict[int, str | Exception]:
+        """Send several jobs of one batchable kind in one request. Map each job id to a summary or to the
+        exception that concerns that job alone. Raise for a failure of the whole batch."""
+        return {job.id: self.perform(job) for job in jobs}
+
+
+class PbxProvider(Provider):
+    side = PBX
+    base_url_is_configured = True
+
+    def is_final(self, call: Call, events: Sequence[NormalisedEvent]) -> bool:
+        """True when the outcome and whether a recording is expected are both known."""
+        return any(e.kind == "completed" for e in events)
+
+    def recording_expected(self, call: Call, events: Sequence[NormalisedEvent]) -> bool:
+        return any(e.kind == "recording_ready" for e in events)
+
+    def jobs_after_ingest(self, call: Call, new_events: Sequence[NormalisedEvent]) -> list[JobSpec]:
+        """Jobs towards the PBX itself that new events call for (call details, an IVR route, a grace timer)."""
+        return []
+
+    def originate(self, request: OriginateRequest) -> OriginateResult:
+        raise ProviderError(f"{self.key} cannot originate calls", permanent=True)
+
+    def recording_link(self, recording: Recording) -> str:
+        """A fresh (temporary, maybe single-use) download link, obtained right before downloading."""
+        raise ProviderError(f"{self.key} cannot provide recordings", permanent=True)
+
+    def list_extensions(self) -> list[DirectoryEntry]:
+        raise ProviderError(f"{self.key} has no directory", permanent=True)
+
+    def dedupe_key(self, event: NormalisedEvent) -> str:
+        return event.dedupe_key
+
+
+class CrmProvider(Provider):
+    side = CRM
+
+    def jobs_for(self, call: Call, notices: Sequence[Notice]) -> list[JobSpec]:
+        """Map the pipeline's notices about an external call to this CRM's outbound jobs."""
+        return []
+
+    def lookup(self, query: RoutingQuery, timeout: float) -> RoutingAnswer | None:
+        """Ask the CRM whose caller this is; None = no answer (never an error for an unknown caller)."""
+        return None
+
+    def answers_routing(self, query: RoutingQuery) -> bool:
+        return True
+
+    def jobs_for_sync(self) -> list[JobSpec]:
+        """Jobs that a configuration change (mappings, external phones) calls for."""
+        return []
+
+
+def replace(obj: Any, **changes: Any) -> Any:
+    return dataclasses.replace(obj, **changes)
+
+
+def first(items: Iterable[Any], predicate: Callable[[Any], bool]) -> Any:
+    return next((i for i in items if predicate(i)), None)
+
+
+def public_base_url() -> str:
+    return django_settings.PUBLIC_BASE_URL.rstrip("/")

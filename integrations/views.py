@@ -1,0 +1,105 @@
+"""Inbound endpoints: /hooks/<provider>/<public_id>/<action>.
+
+One DRF view serves every provider. It resolves the connection by its public id, lets the provider's own
+authentication verify the raw body in constant time before anything parses it, uses the provider's parsers
+and renderers, and answers errors in the provider's own format and status.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+from rest_framework.exceptions import ParseError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from integrations.models import CrmConnection, PbxConnection
+from integrations.providers.base import (
+    PBX,
+    SIDES,
+    WebhookAuthError,
+    WebhookInputError,
+    provider_class,
+)
+
+logger = logging.getLogger("callbridge.hooks")
+
+
+class HookView(APIView):
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+    throttle_classes: list[Any] = []
+
+    def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
+        key = kwargs["provider"]
+        model = PbxConnection if SIDES[key] == PBX else CrmConnection
+        self.action_name = kwargs.get("action", "") or ""
+        self.connection = (
+            model.objects.select_related("tenant")
+            .filter(provider=key, public_id=kwargs["public_id"], active=True, tenant__active=True)
+            .first()
+        )
+        self.adapter = provider_class(key)(self.connection)
+        return super().initialize_request(request, *args, **kwargs)
+
+    def get_parsers(self) -> list[Any]:
+        return [cls() for cls in self.adapter.parser_classes(self.action_name)]
+
+    def get_renderers(self) -> list[Any]:
+        return [cls() for cls in self.adapter.renderer_classes(self.action_name)]
+
+    def get_exception_handler(self) -> Any:
+        return self._handle_provider_exception
+
+    def _error(self, status: int, message: str) -> Response:
+        return Response(self.adapter.error_body(status, message), status=status)
+
+    def _handle_provider_exception(self, exc: Exception, context: dict[str, Any]) -> Response | None:
+        where = (
+            f"{self.adapter.key}/{self.connection.public_id if self.connection else '?'}/{self.action_name}"
+        )
+        if isinstance(exc, _NotFound):
+            logger.warning("hook %s: unknown or inactive connection", self.adapter.key)
+            return self._error(404, "Not found")
+        if isinstance(exc, _TooLarge):
+            logger.warning("hook %s: body over %s bytes refused", where, settings.WEBHOOK_MAX_BODY_BYTES)
+            return self._error(413, "Request body too large")
+        if isinstance(exc, WebhookAuthError):
+            logger.warning("hook %s: authentication failed: %s", where, exc)
+            return self._error(self.adapter.auth_failure_status, str(exc) or "Invalid token")
+        if isinstance(exc, WebhookInputError | ParseError):
+            logger.warning("hook %s: bad input: %s", where, exc)
+            return self._error(400, str(exc) or "Invalid parameters")
+        return None
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if self.connection is None:
+            raise _NotFound()
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if not length.isdigit() or int(length) > settings.WEBHOOK_MAX_BODY_BYTES:
+            raise _TooLarge()
+        if len(request._request.body) > settings.WEBHOOK_MAX_BODY_BYTES:
+            raise _TooLarge()
+        if not self.adapter.allows_unauthenticated(self.action_name):
+            self.adapter.authenticate(request._request, self.action_name)
+
+    def _dispatch_to_provider(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.adapter.handle(request, self.action_name)
+
+    get = post = put = _dispatch_to_provider
+
+    def head(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self._dispatch_to_provider(request, *args, **kwargs)
+
+
+class _NotFound(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass

@@ -1,0 +1,271 @@
+"""Callbridge settings: everything comes from the environment (django-environ).
+
+Every variable is listed in README.md ("Configuration") and `.env.example`. A malformed value raises
+`ImproperlyConfigured` naming the variable; outside DEBUG a missing SECRET_KEY or FIELD_ENCRYPTION_KEYS does too.
+With nothing set the portal runs on a SQLite file, the database cache and kombu's filesystem broker, so a
+fresh laptop needs no server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import environ
+from celery.schedules import schedule
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("CALLBRIDGE_VAR_DIR", BASE_DIR / "var"))
+
+env = environ.Env()
+if os.environ.get("CALLBRIDGE_READ_DOTENV", "1") == "1" and (BASE_DIR / ".env").exists():
+    env.read_env(str(BASE_DIR / ".env"))
+
+
+def _get(name: str, cast: Any, default: Any) -> Any:
+    """Read one variable; a value that does not parse names the variable in the error."""
+    try:
+        return cast(name, default=default)
+    except ImproperlyConfigured:
+        raise
+    except Exception as exc:  # ValueError, TypeError from a cast
+        raise ImproperlyConfigured(f"{name}: invalid value {os.environ.get(name)!r} ({exc})") from exc
+
+
+def _positive(name: str, value: float) -> float:
+    if value <= 0:
+        raise ImproperlyConfigured(f"{name}: must be positive, got {value!r}")
+    return value
+
+
+def _rate(name: str, value: str) -> str:
+    if not re.fullmatch(r"\d+/(s|sec|m|min|h|hour|d|day)", value):
+        raise ImproperlyConfigured(f"{name}: expected a rate like 60/min, got {value!r}")
+    return value
+
+
+DEBUG = _get("DEBUG", env.bool, False)
+TESTING = os.environ.get("CALLBRIDGE_TESTING") == "1" or "pytest" in sys.modules
+
+SECRET_KEY = _get("SECRET_KEY", env.str, "")
+FIELD_ENCRYPTION_KEYS = [
+    k.strip() for k in _get("FIELD_ENCRYPTION_KEYS", env.str, "").split(",") if k.strip()
+]
+if not DEBUG and not TESTING:
+    if not SECRET_KEY:
+        raise ImproperlyConfigured("SECRET_KEY: must be set when DEBUG is off")
+    if not FIELD_ENCRYPTION_KEYS:
+        raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS: must be set when DEBUG is off")
+if not SECRET_KEY:
+    SECRET_KEY = "insecure-development-key-only-for-debug-and-tests-0123456789abcdef"
+if not FIELD_ENCRYPTION_KEYS:
+    # A fixed development key: DEBUG or tests only (checked above).
+    FIELD_ENCRYPTION_KEYS = ["ZGV2ZWxvcG1lbnQta2V5LW9ubHktZm9yLWRlYnVnLTA="]
+_validate_keys = FIELD_ENCRYPTION_KEYS  # validated by integrations.crypto at first use and by check
+
+ALLOWED_HOSTS = _get("ALLOWED_HOSTS", env.list, ["localhost", "127.0.0.1", "[::1]", "testserver"])
+PUBLIC_BASE_URL = _get("PUBLIC_BASE_URL", env.url, "http://localhost:8000").geturl().rstrip("/")
+PORT = _get("PORT", env.int, 8000)
+LOG_LEVEL = _get("LOG_LEVEL", env.str, "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"LOG_LEVEL: unknown level {LOG_LEVEL!r}")
+
+SECURE_SSL_REDIRECT = _get("SECURE_SSL_REDIRECT", env.bool, False)
+if _get("SECURE_PROXY_SSL_HEADER", env.bool, False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEBUG and PUBLIC_BASE_URL.startswith("https://")
+SECURE_HSTS_SECONDS = _get("SECURE_HSTS_SECONDS", env.int, 0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = False
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+CSRF_TRUSTED_ORIGINS = [PUBLIC_BASE_URL] if PUBLIC_BASE_URL.startswith("http") else []
+SILENCED_SYSTEM_CHECKS = ["security.W021"]  # HSTS preload is the operator's decision
+
+# Behaviour
+ROUTING_BUDGET_MS = int(_positive("ROUTING_BUDGET_MS", _get("ROUTING_BUDGET_MS", env.int, 1500)))
+ROUTING_CACHE_SECONDS = _get("ROUTING_CACHE_SECONDS", env.int, 300)
+WEBHOOK_MAX_BODY_BYTES = int(
+    _positive("WEBHOOK_MAX_BODY_BYTES", _get("WEBHOOK_MAX_BODY_BYTES", env.int, 65536))
+)
+OUTBOX_TIME_SCALE = _positive("OUTBOX_TIME_SCALE", _get("OUTBOX_TIME_SCALE", env.float, 1.0))
+
+# Outbound HTTP
+OUTBOUND_ALLOW_PRIVATE_NETWORKS = _get("OUTBOUND_ALLOW_PRIVATE_NETWORKS", env.bool, False)
+try:
+    OUTBOUND_ALLOWED_NETWORKS = [
+        ipaddress.ip_network(n.strip(), strict=False)
+        for n in env.list("OUTBOUND_ALLOWED_NETWORKS", default=[])
+        if n.strip()
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"OUTBOUND_ALLOWED_NETWORKS: {exc}") from exc
+OUTBOUND_CA_BUNDLE = _get("OUTBOUND_CA_BUNDLE", env.str, "")
+if OUTBOUND_CA_BUNDLE and not Path(OUTBOUND_CA_BUNDLE).is_file():
+    raise ImproperlyConfigured(f"OUTBOUND_CA_BUNDLE: no such file {OUTBOUND_CA_BUNDLE!r}")
+
+# Recordings
+RECORDINGS_DIR = Path(_get("RECORDINGS_DIR", env.str, str(VAR_DIR / "recordings")))
+RECORDINGS_STORAGE_BACKEND = _get(
+    "RECORDINGS_STORAGE_BACKEND", env.str, "django.core.files.storage.FileSystemStorage"
+)
+RECORDING_MAX_BYTES = int(
+    _positive("RECORDING_MAX_BYTES", _get("RECORDING_MAX_BYTES", env.int, 50 * 1024 * 1024))
+)
+RECORDING_FETCH_HOURS = _positive("RECORDING_FETCH_HOURS", _get("RECORDING_FETCH_HOURS", env.float, 6.0))
+RECORDS_THROTTLE = _rate("RECORDS_THROTTLE", _get("RECORDS_THROTTLE", env.str, "60/min"))
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "integrations",
+    "calls",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+WSGI_APPLICATION = "portal.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# Services
+_sqlite_path = VAR_DIR / "callbridge.sqlite3"
+DATABASES = {"default": _get("DATABASE_URL", env.db_url, f"sqlite:///{_sqlite_path}")}
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web server, the worker and beat read while one of them writes; the busy timeout makes a
+    # writer wait for the lock instead of failing at once.
+    _db.setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
+        }
+    )
+else:
+    _db.setdefault("CONN_MAX_AGE", 60)
+    _db.setdefault("CONN_HEALTH_CHECKS", True)
+
+CACHES = {"default": _get("CACHE_URL", env.cache_url, "dbcache://callbridge_cache")}
+CACHES["default"].setdefault("TIMEOUT", 300)
+
+CELERY_BROKER_URL = _get("CELERY_BROKER_URL", env.str, "filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = VAR_DIR / "broker"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Bounded socket timeouts: a frozen Redis must not hang a worker or the relay for long. Visibility
+    # timeout ≥ 2 × the longest task; no countdown in this project exceeds 60 s.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "socket_timeout": 5,
+        "socket_connect_timeout": 3,
+        "visibility_timeout": 300,
+        "retry_on_timeout": True,
+    }
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = 120
+CELERY_TASK_SOFT_TIME_LIMIT = 100
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_TIMEOUT = 3
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 10
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "outbox-relay": {"task": "calls.tasks.relay", "schedule": schedule(1.5)},
+    "recordings-retention": {"task": "calls.tasks.purge_expired_recordings", "schedule": schedule(24 * 3600)},
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "recordings": {
+        "BACKEND": RECORDINGS_STORAGE_BACKEND,
+        "OPTIONS": {"location": str(RECORDINGS_DIR)}
+        if RECORDINGS_STORAGE_BACKEND.endswith("FileSystemStorage")
+        else {},
+    },
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

@@ -1,0 +1,64 @@
+"""Shared fixtures. Services: tests marked `services` need PostgreSQL or Redis; without them they skip, and
+under REQUIRE_SERVICES=1 (CI) they fail instead."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+from django.core.management import call_command
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def need_service(name: str, url: str, default_port: int) -> None:
+    """Skip (laptop) or fail (CI) when a service the test needs is unreachable."""
+    if _reachable(url, default_port):
+        return
+    message = f"{name} unreachable at {url}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} (REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        call_command("createcachetable", verbosity=0)
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache(settings):
+    from django.core.cache import cache
+
+    with contextlib.suppress(Exception):
+        cache.clear()
+    yield
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    need_service("Redis", url, 6379)
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith("postgres"):
+        url = "postgres://postgres@127.0.0.1:5432/test"
+    need_service("PostgreSQL", url, 5432)
+    return url
