@@ -219,6 +219,8 @@ class OutboundJob(models.Model):
     next_attempt_at = models.DateTimeField(default=timezone.now)
     window_ends_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    expires_on_call_end = models.BooleanField(default=False)
+    ordered = models.BooleanField(default=True)
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)

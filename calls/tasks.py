@@ -1,0 +1,73 @@
+"""Celery entry points. Every task is idempotent: a repeated or stale message finds nothing to do."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from celery import shared_task
+from django.core.cache import cache
+
+from calls import outbox
+
+logger = logging.getLogger("callbridge.tasks")
+
+
+def singleton(name: str, ttl: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Beat-scheduled singletons hold a lock on the shared cache, so a second beat does no double work."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = f"lock:{name}"
+            if not cache.add(key, "1", ttl):
+                logger.info("%s: another run holds the lock", name)
+                return None
+            try:
+                return func(*args, **kwargs)
+            finally:
+                cache.delete(key)
+
+        wrapper.__name__ = func.__name__
+        wrapper.__doc__ = func.__doc__
+        return wrapper
+
+    return decorate
+
+
+@shared_task(name="calls.tasks.relay", ignore_result=True, acks_late=False)
+def relay() -> int:
+    """Claim due outbox jobs and publish one task per job or batch. Runs every 1.5 s from beat; two relays
+    racing are safe (the claim is an atomic conditional UPDATE)."""
+    return outbox.relay()
+
+
+@shared_task(name="calls.tasks.send_jobs", ignore_result=True)
+def send_jobs(owner: str, job_ids: Sequence[int]) -> None:
+    outbox.run_claim(owner, job_ids)
+
+
+def publish_claim(owner: str, job_ids: Sequence[int]) -> None:
+    send_jobs.apply_async(args=[owner, list(job_ids)], retry=False)
+
+
+@shared_task(name="calls.tasks.purge_expired_recordings", ignore_result=True)
+@singleton("purge_expired_recordings", ttl=3600)
+def purge_expired_recordings() -> int:
+    from calls.recordings import purge_expired
+
+    return purge_expired()
+
+
+@shared_task(name="calls.tasks.run_periodic", ignore_result=True)
+def run_periodic() -> int:
+    """Ask every active connection's adapter for its periodic jobs (RetailCRM periodic uploads, Mango
+    reconciliation) and write them to the outbox. Beat runs it every minute."""
+    return _run_periodic()
+
+
+@singleton("run_periodic", ttl=120)
+def _run_periodic() -> int:
+    from calls.services import schedule_periodic_jobs
+
+    return schedule_periodic_jobs()

@@ -1,9 +1,8 @@
 from django.urls import re_path
 
-from integrations.providers.base import REGISTRY
 from integrations.views import HookView
 
-_providers = "|".join(REGISTRY)
+_providers = "[a-z0-9_]+"  # checked against the registry by the view
 
 urlpatterns = [
     re_path(rf"^hooks/(?P<provider>{_providers})/(?P<public_id>[A-Za-z0-9_-]+)/$", HookView.as_view()),

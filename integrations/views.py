@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest
 from rest_framework.exceptions import ParseError
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from integrations.models import CrmConnection, PbxConnection
 from integrations.providers.base import (
     PBX,
+    REGISTRY,
     SIDES,
     WebhookAuthError,
     WebhookInputError,
@@ -36,6 +37,8 @@ class HookView(APIView):
 
     def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
         key = kwargs["provider"]
+        if key not in REGISTRY:
+            raise Http404("unknown provider")
         model = PbxConnection if SIDES[key] == PBX else CrmConnection
         self.action_name = kwargs.get("action", "") or ""
         self.connection = (

@@ -17,6 +17,7 @@ from typing import Any
 
 import environ
 from celery.schedules import schedule
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -31,15 +32,41 @@ def _get(name: str, cast: Any, default: Any) -> Any:
     """Read one variable; a value that does not parse names the variable in the error."""
     try:
         return cast(name, default=default)
-    except ImproperlyConfigured:
-        raise
+    except ImproperlyConfigured as exc:
+        if str(exc).startswith(f"{name}:"):
+            raise
+        # django-environ's own messages ("Invalid cache schema nope") do not say which variable was wrong.
+        raise ImproperlyConfigured(f"{name}: invalid value {os.environ.get(name)!r} ({exc})") from exc
     except Exception as exc:  # ValueError, TypeError from a cast
         raise ImproperlyConfigured(f"{name}: invalid value {os.environ.get(name)!r} ({exc})") from exc
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(name: str, default: bool) -> bool:
+    """A strict boolean: django-environ reads any unknown word as False, so DEBUG=ture would silently turn
+    debugging off and `SECURE_SSL_REDIRECT=yess` would silently serve plain HTTP."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}: expected true or false, got {os.environ.get(name)!r}")
 
 
 def _positive(name: str, value: float) -> float:
     if value <= 0:
         raise ImproperlyConfigured(f"{name}: must be positive, got {value!r}")
+    return value
+
+
+def _not_negative(name: str, value: int) -> int:
+    if value < 0:
+        raise ImproperlyConfigured(f"{name}: must not be negative, got {value!r}")
     return value
 
 
@@ -49,7 +76,7 @@ def _rate(name: str, value: str) -> str:
     return value
 
 
-DEBUG = _get("DEBUG", env.bool, False)
+DEBUG = _bool("DEBUG", False)
 TESTING = os.environ.get("CALLBRIDGE_TESTING") == "1" or "pytest" in sys.modules
 
 SECRET_KEY = _get("SECRET_KEY", env.str, "")
@@ -66,37 +93,57 @@ if not SECRET_KEY:
 if not FIELD_ENCRYPTION_KEYS:
     # A fixed development key: DEBUG or tests only (checked above).
     FIELD_ENCRYPTION_KEYS = ["ZGV2ZWxvcG1lbnQta2V5LW9ubHktZm9yLWRlYnVnLTA="]
-_validate_keys = FIELD_ENCRYPTION_KEYS  # validated by integrations.crypto at first use and by check
+for _position, _key in enumerate(FIELD_ENCRYPTION_KEYS, start=1):
+    # Checked here rather than at the first decryption, so a mistyped key stops the deploy, not a webhook.
+    try:
+        Fernet(_key.encode())
+    except (ValueError, TypeError):
+        raise ImproperlyConfigured(
+            f"FIELD_ENCRYPTION_KEYS: key #{_position} is not a Fernet key (32 url-safe base64-encoded bytes)"
+        ) from None
 
 ALLOWED_HOSTS = _get("ALLOWED_HOSTS", env.list, ["localhost", "127.0.0.1", "[::1]", "testserver"])
-PUBLIC_BASE_URL = _get("PUBLIC_BASE_URL", env.url, "http://localhost:8000").geturl().rstrip("/")
+_public_base_url = _get("PUBLIC_BASE_URL", env.url, "http://localhost:8000")
+if _public_base_url.scheme not in {"http", "https"} or not _public_base_url.hostname:
+    raise ImproperlyConfigured(
+        f"PUBLIC_BASE_URL: expected an absolute http(s) URL such as https://portal.example.com, "
+        f"got {_public_base_url.geturl()!r}"
+    )
+PUBLIC_BASE_URL = _public_base_url.geturl().rstrip("/")
 PORT = _get("PORT", env.int, 8000)
+if not 0 < PORT < 65536:
+    raise ImproperlyConfigured(f"PORT: expected 1-65535, got {PORT!r}")
 LOG_LEVEL = _get("LOG_LEVEL", env.str, "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"LOG_LEVEL: unknown level {LOG_LEVEL!r}")
 
-SECURE_SSL_REDIRECT = _get("SECURE_SSL_REDIRECT", env.bool, False)
-if _get("SECURE_PROXY_SSL_HEADER", env.bool, False):
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = _bool("SECURE_SSL_REDIRECT", False)
+# Only behind a proxy that always sets X-Forwarded-Proto itself; otherwise a client could claim HTTPS.
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if _bool("SECURE_PROXY_SSL_HEADER", False) else None
+)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEBUG and PUBLIC_BASE_URL.startswith("https://")
-SECURE_HSTS_SECONDS = _get("SECURE_HSTS_SECONDS", env.int, 0 if DEBUG else 31536000)
+SECURE_HSTS_SECONDS = _not_negative(
+    "SECURE_HSTS_SECONDS", _get("SECURE_HSTS_SECONDS", env.int, 0 if DEBUG else 31536000)
+)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = False
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
-CSRF_TRUSTED_ORIGINS = [PUBLIC_BASE_URL] if PUBLIC_BASE_URL.startswith("http") else []
+# An origin is scheme and host only: a PUBLIC_BASE_URL with a path would never match the Origin header.
+CSRF_TRUSTED_ORIGINS = [f"{_public_base_url.scheme}://{_public_base_url.netloc}"]
 SILENCED_SYSTEM_CHECKS = ["security.W021"]  # HSTS preload is the operator's decision
 
 # Behaviour
 ROUTING_BUDGET_MS = int(_positive("ROUTING_BUDGET_MS", _get("ROUTING_BUDGET_MS", env.int, 1500)))
-ROUTING_CACHE_SECONDS = _get("ROUTING_CACHE_SECONDS", env.int, 300)
+ROUTING_CACHE_SECONDS = _not_negative("ROUTING_CACHE_SECONDS", _get("ROUTING_CACHE_SECONDS", env.int, 300))
 WEBHOOK_MAX_BODY_BYTES = int(
     _positive("WEBHOOK_MAX_BODY_BYTES", _get("WEBHOOK_MAX_BODY_BYTES", env.int, 65536))
 )
 OUTBOX_TIME_SCALE = _positive("OUTBOX_TIME_SCALE", _get("OUTBOX_TIME_SCALE", env.float, 1.0))
 
 # Outbound HTTP
-OUTBOUND_ALLOW_PRIVATE_NETWORKS = _get("OUTBOUND_ALLOW_PRIVATE_NETWORKS", env.bool, False)
+OUTBOUND_ALLOW_PRIVATE_NETWORKS = _bool("OUTBOUND_ALLOW_PRIVATE_NETWORKS", False)
 try:
     OUTBOUND_ALLOWED_NETWORKS = [
         ipaddress.ip_network(n.strip(), strict=False)
@@ -164,7 +211,16 @@ TEMPLATES = [
 _sqlite_path = VAR_DIR / "callbridge.sqlite3"
 DATABASES = {"default": _get("DATABASE_URL", env.db_url, f"sqlite:///{_sqlite_path}")}
 _db = DATABASES["default"]
+if _db.get("ENGINE") not in {"django.db.backends.sqlite3", "django.db.backends.postgresql"} or not _db.get(
+    "NAME"
+):
+    raise ImproperlyConfigured(
+        f"DATABASE_URL: expected postgres://USER:PASSWORD@HOST:PORT/NAME or sqlite:////absolute/path, "
+        f"got {os.environ.get('DATABASE_URL')!r}"
+    )
 if _db["ENGINE"] == "django.db.backends.sqlite3":
+    if _db["NAME"] != ":memory:":
+        Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # WAL lets the web server, the worker and beat read while one of them writes; the busy timeout makes a
     # writer wait for the lock instead of failing at once.
     _db.setdefault("OPTIONS", {}).update(
@@ -180,8 +236,15 @@ else:
 
 CACHES = {"default": _get("CACHE_URL", env.cache_url, "dbcache://callbridge_cache")}
 CACHES["default"].setdefault("TIMEOUT", 300)
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # redis-py waits forever by default: a frozen Redis would hang every request that touches the cache.
+    CACHES["default"].setdefault("OPTIONS", {}).update({"socket_connect_timeout": 3, "socket_timeout": 5})
 
 CELERY_BROKER_URL = _get("CELERY_BROKER_URL", env.str, "filesystem://")
+if "://" not in CELERY_BROKER_URL:
+    raise ImproperlyConfigured(
+        f"CELERY_BROKER_URL: expected a URL such as redis://HOST:6379/0, got {CELERY_BROKER_URL!r}"
+    )
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
@@ -191,6 +254,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
     }
+    # kombu's filesystem transport does not create its folders; the web server, the worker and beat share them.
+    (_broker_dir / "queue").mkdir(parents=True, exist_ok=True)
+    (_broker_dir / "processed").mkdir(parents=True, exist_ok=True)
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # Bounded socket timeouts: a frozen Redis must not hang a worker or the relay for long. Visibility
     # timeout ≥ 2 × the longest task; no countdown in this project exceeds 60 s.
@@ -220,6 +286,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "outbox-relay": {"task": "calls.tasks.relay", "schedule": schedule(1.5)},
+    "periodic-jobs": {"task": "calls.tasks.run_periodic", "schedule": schedule(60)},
     "recordings-retention": {"task": "calls.tasks.purge_expired_recordings", "schedule": schedule(24 * 3600)},
 }
 

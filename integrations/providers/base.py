@@ -378,6 +378,10 @@ class Provider:
         raise WebhookInputError(f"unknown action {action!r}")
 
     # ---- outbound jobs ----
+    def periodic_jobs(self, now: dt.datetime) -> list[JobSpec]:
+        """Jobs due on a schedule (beat asks every minute); dedupe keys make asking twice harmless."""
+        return []
+
     def perform(self, job: OutboundJob) -> str:
         """Send one job (payload built now from current state). Return a short response summary for the
         attempt log; raise ProviderError (or integrations.http.OutboundError) on failure."""
@@ -398,7 +402,9 @@ class PbxProvider(Provider):
         return any(e.kind == "completed" for e in events)
 
     def recording_expected(self, call: Call, events: Sequence[NormalisedEvent]) -> bool:
-        return any(e.kind == "recording_ready" for e in events)
+        """The last word any event had on it (events are in order), or a recording_ready event."""
+        said = [e.recording_expected for e in events if e.recording_expected is not None]
+        return said[-1] if said else any(e.kind == "recording_ready" for e in events)
 
     def jobs_after_ingest(self, call: Call, new_events: Sequence[NormalisedEvent]) -> list[JobSpec]:
         """Jobs towards the PBX itself that new events call for (call details, an IVR route, a grace timer)."""

@@ -1,0 +1,390 @@
+"""The outbox: durable outbound work in the database, sent by Celery tasks that a relay dispatches.
+
+Why this shape (RELIABILITY.md §0, §1.2–1.4): a webhook writes its jobs in the same transaction as the change
+that caused them and never talks to the broker, so a stopped or frozen Redis cannot fail or stall it. The relay
+(beat, every 1.5 s) claims due jobs with an atomic conditional UPDATE that sets a lease and publishes one task
+per job or batch; it never sends HTTP itself, so one hung CRM cannot stall other tenants. A lost message, a
+killed worker or a Redis restart without data only lets the lease expire: the job is claimed again. Retries are
+scheduled in the database (`next_attempt_at`), never as long Celery countdowns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from calls.models import Call, JobAttempt, OutboundJob
+from integrations.providers.base import JobKind, JobSpec, get_provider, provider_class
+
+logger = logging.getLogger("callbridge.outbox")
+
+# Retry spacing after the 1st, 2nd, … failure (seconds); then every 5 minutes with bounded jitter.
+SCHEDULE = (10, 30, 60, 120, 300)
+STEADY_DELAY = 300
+JITTER = 0.2
+MAX_RETRY_AFTER = 3600
+LEASE_SECONDS = 90
+CLAIM_LIMIT = 200
+
+# Jobs the pipeline itself performs (not a provider): kind → (JobKind, handler dotted path).
+PIPELINE_KINDS: dict[str, tuple[JobKind, str]] = {
+    "recording.fetch": (
+        JobKind(window=dt.timedelta(hours=6), ordered=False),
+        "calls.recordings.fetch_recording",
+    ),
+}
+
+
+def scaled(seconds: float) -> dt.timedelta:
+    return dt.timedelta(seconds=seconds * settings.OUTBOX_TIME_SCALE)
+
+
+def job_kind(connection: Any, kind: str) -> JobKind:
+    if kind in PIPELINE_KINDS:
+        window = PIPELINE_KINDS[kind][0]
+        if kind == "recording.fetch":
+            return JobKind(window=dt.timedelta(hours=settings.RECORDING_FETCH_HOURS), ordered=False)
+        return window
+    kinds = provider_class(connection.provider).job_kinds
+    if kind not in kinds:
+        raise KeyError(f"{connection.provider} declares no job kind {kind!r}")
+    return kinds[kind]
+
+
+def connection_ref(connection: Any) -> str:
+    return f"{connection.SIDE}:{connection.pk}"
+
+
+def create_jobs(connection: Any, specs: Iterable[JobSpec], call: Call | None = None) -> int:
+    """Write jobs for one connection (inside the caller's transaction). A dedupe key already used by this
+    connection is skipped, so recomputing the same change creates nothing twice. Returns how many were new."""
+    now = timezone.now()
+    ref = connection_ref(connection)
+    rows = []
+    for spec in specs:
+        kind = job_kind(connection, spec.kind)
+        due = spec.due_at or now
+        rows.append(
+            OutboundJob(
+                tenant_id=connection.tenant_id,
+                pbx_connection=connection if connection.SIDE == "pbx" else None,
+                crm_connection=connection if connection.SIDE == "crm" else None,
+                connection_ref=ref,
+                kind=spec.kind,
+                call=spec.call or call,
+                order_key=spec.order_key,
+                dedupe_key=spec.dedupe_key[:300],
+                payload=spec.payload,
+                due_at=due,
+                next_attempt_at=due,
+                window_ends_at=due + kind.window,
+                expires_at=due + kind.ttl if kind.ttl is not None else None,
+                expires_on_call_end=kind.expires_on_call_end,
+                ordered=kind.ordered,
+                created_at=now,
+            )
+        )
+    if not rows:
+        return 0
+    existing = set(
+        OutboundJob.objects.filter(
+            connection_ref=ref, dedupe_key__in=[r.dedupe_key for r in rows]
+        ).values_list("dedupe_key", flat=True)
+    )
+    fresh = [r for r in rows if r.dedupe_key not in existing]
+    OutboundJob.objects.bulk_create(fresh, ignore_conflicts=True)
+    return len(fresh)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Relay: expire, claim, dispatch
+# ---------------------------------------------------------------------------------------------------------
+
+
+def expire_due_jobs(now: dt.datetime | None = None) -> int:
+    """Live pop-ups that are too late, or whose call has ended, are expired rather than delivered late."""
+    now = now or timezone.now()
+    late = OutboundJob.objects.filter(status=OutboundJob.PENDING, expires_at__lt=now)
+    ended = OutboundJob.objects.filter(status=OutboundJob.PENDING, expires_on_call_end=True, call__ended=True)
+    count = 0
+    for qs, why in (
+        (late, "expired: not sent within its time to live"),
+        (ended, "expired: the call has ended"),
+    ):
+        count += qs.filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)).update(
+            status=OutboundJob.EXPIRED, last_error=why, lease_owner="", lease_expires_at=None
+        )
+    return count
+
+
+def claimable(now: dt.datetime) -> QuerySet[OutboundJob]:
+    """Due, pending, not leased, and (for ordered kinds) no earlier open job of the same call and connection."""
+    earlier_open = OutboundJob.objects.filter(
+        status=OutboundJob.PENDING,
+        call_id=OuterRef("call_id"),
+        connection_ref=OuterRef("connection_ref"),
+        order_key__lt=OuterRef("order_key"),
+        ordered=True,
+    )
+    return (
+        OutboundJob.objects.filter(status=OutboundJob.PENDING, next_attempt_at__lte=now)
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .filter(Q(ordered=False) | Q(call__isnull=True) | ~Exists(earlier_open))
+        .order_by("next_attempt_at", "id")
+    )
+
+
+def _lease_filter(now: dt.datetime) -> Q:
+    return Q(status=OutboundJob.PENDING) & (Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+
+
+def claim(ids: Sequence[int], owner: str, now: dt.datetime) -> list[int]:
+    """Atomically lease the given jobs; returns the ids this owner got (others lost a race)."""
+    lease_until = now + dt.timedelta(seconds=LEASE_SECONDS)
+    OutboundJob.objects.filter(_lease_filter(now), pk__in=list(ids)).update(
+        lease_owner=owner, lease_expires_at=lease_until
+    )
+    return list(OutboundJob.objects.filter(pk__in=list(ids), lease_owner=owner).values_list("pk", flat=True))
+
+
+@dataclass
+class Claimed:
+    owner: str
+    job_ids: list[int]
+
+
+def claim_due(limit: int = CLAIM_LIMIT, now: dt.datetime | None = None) -> list[Claimed]:
+    """Claim what is due: single jobs, or up to the kind's batch size of one connection's batchable jobs."""
+    now = now or timezone.now()
+    candidates = list(
+        claimable(now).values_list(
+            "pk", "kind", "connection_ref", "crm_connection__provider", "pbx_connection__provider"
+        )[:limit]
+    )
+    groups: dict[tuple[str, str], list[int]] = {}
+    singles: list[int] = []
+    for pk, kind, ref, crm_provider, pbx_provider in candidates:
+        size = 1
+        if kind not in PIPELINE_KINDS:
+            kinds = provider_class(crm_provider or pbx_provider).job_kinds
+            size = kinds[kind].batch_size if kind in kinds else 1
+        if size > 1:
+            group = groups.setdefault((ref, kind), [])
+            if len(group) < size:
+                group.append(pk)
+        else:
+            singles.append(pk)
+    claimed: list[Claimed] = []
+    for pk in singles:
+        owner = uuid.uuid4().hex
+        got = claim([pk], owner, now)
+        if got:
+            claimed.append(Claimed(owner, got))
+    for ids in groups.values():
+        owner = uuid.uuid4().hex
+        got = claim(ids, owner, now)
+        if got:
+            claimed.append(Claimed(owner, got))
+    return claimed
+
+
+def release(job_ids: Sequence[int], owner: str) -> None:
+    OutboundJob.objects.filter(pk__in=list(job_ids), lease_owner=owner).update(
+        lease_owner="", lease_expires_at=None
+    )
+
+
+def relay(publish: Any = None) -> int:
+    """One relay pass: expire, claim, and hand each claim to a Celery task. Returns how many jobs went out.
+
+    `publish(owner, job_ids)` sends the task; when the broker refuses, the lease is released so the next pass
+    tries again instead of waiting for the lease to run out.
+    """
+    if publish is None:
+        from calls.tasks import publish_claim as publish
+
+    expire_due_jobs()
+    sent = 0
+    for claimed in claim_due():
+        try:
+            publish(claimed.owner, claimed.job_ids)
+            sent += len(claimed.job_ids)
+        except Exception as exc:
+            logger.warning("relay: could not publish %s job(s): %s", len(claimed.job_ids), exc)
+            release(claimed.job_ids, claimed.owner)
+    return sent
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running jobs (inside a Celery task)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def next_delay(failures: int, retry_after: float | None = None) -> dt.timedelta:
+    """Delay before the next attempt after `failures` failed attempts, honouring Retry-After."""
+    base = SCHEDULE[failures - 1] if failures - 1 < len(SCHEDULE) else STEADY_DELAY
+    if failures > len(SCHEDULE):
+        base = base * (1 + random.uniform(-JITTER, JITTER))
+    if retry_after:
+        base = max(base, min(float(retry_after), MAX_RETRY_AFTER))
+    return scaled(base)
+
+
+def _describe(exc: Exception) -> tuple[str, int | None, bool, float | None, bool, str]:
+    status = getattr(exc, "status", None)
+    permanent = bool(getattr(exc, "permanent", False))
+    retry_after = getattr(exc, "retry_after", None)
+    flag = bool(getattr(exc, "flag_connection", False)) or status in (401, 403)
+    body = str(getattr(exc, "body", "") or "")[:2000]
+    return str(exc)[:2000] or exc.__class__.__name__, status, permanent, retry_after, flag, body
+
+
+def _leased(job_ids: Sequence[int], owner: str) -> list[OutboundJob]:
+    return list(
+        OutboundJob.objects.select_related(
+            "call", "crm_connection__tenant", "pbx_connection__tenant", "tenant"
+        )
+        .filter(pk__in=list(job_ids), lease_owner=owner, status=OutboundJob.PENDING)
+        .order_by("order_key", "id")
+    )
+
+
+def _expire_if_stale(job: OutboundJob, now: dt.datetime) -> bool:
+    if job.expires_at and job.expires_at < now:
+        why = "expired: not sent within its time to live"
+    elif job.expires_on_call_end and job.call_id and job.call.ended:
+        why = "expired: the call has ended"
+    else:
+        return False
+    OutboundJob.objects.filter(pk=job.pk).update(
+        status=OutboundJob.EXPIRED, last_error=why, lease_owner="", lease_expires_at=None
+    )
+    return True
+
+
+def run_claim(owner: str, job_ids: Sequence[int]) -> None:
+    """Perform the jobs a relay claimed under `owner`. A stale or repeated message finds no lease and does
+    nothing, which makes the task idempotent."""
+    now = timezone.now()
+    jobs = [job for job in _leased(job_ids, owner) if not _expire_if_stale(job, now)]
+    if not jobs:
+        return
+    started = time.monotonic()
+    started_at = timezone.now()
+    connection = jobs[0].connection
+    try:
+        if jobs[0].kind in PIPELINE_KINDS:
+            handler = import_string(PIPELINE_KINDS[jobs[0].kind][1])
+            results: dict[int, str | Exception] = {job.pk: handler(job) for job in jobs}
+        elif len(jobs) == 1:
+            adapter = get_provider(connection)
+            results = {jobs[0].pk: adapter.perform(jobs[0])}
+        else:
+            results = get_provider(connection).perform_batch(jobs)
+    except Exception as exc:  # the whole claim failed (timeout, 5xx, refused)
+        results = {job.pk: exc for job in jobs}
+    duration_ms = int((time.monotonic() - started) * 1000)
+    for job in jobs:
+        record_result(job, results.get(job.pk, RuntimeError("no result")), started_at, duration_ms, len(jobs))
+
+
+def record_result(
+    job: OutboundJob, result: str | Exception, started_at: dt.datetime, duration_ms: int, batch_size: int
+) -> None:
+    now = timezone.now()
+    if not isinstance(result, Exception):
+        with transaction.atomic():
+            JobAttempt.objects.create(
+                job=job,
+                started_at=started_at,
+                duration_ms=duration_ms,
+                outcome=JobAttempt.SENT,
+                status_code=200,
+                response=str(result or "")[:2000],
+                batch_size=batch_size,
+            )
+            OutboundJob.objects.filter(pk=job.pk).update(
+                status=OutboundJob.SENT,
+                attempts=job.attempts + 1,
+                sent_at=now,
+                last_response=str(result or "")[:2000],
+                last_status=200,
+                last_error="",
+                lease_owner="",
+                lease_expires_at=None,
+            )
+        return
+    message, status, permanent, retry_after, flag, body = _describe(result)
+    if not hasattr(result, "permanent"):
+        logger.exception("job %s (%s) crashed", job.pk, job.kind, exc_info=result)
+    attempts = job.attempts + 1
+    if permanent:
+        new_status, next_at = OutboundJob.FAILED, job.next_attempt_at
+    else:
+        next_at = now + next_delay(attempts, retry_after)
+        new_status = (
+            OutboundJob.DEAD if job.window_ends_at and next_at > job.window_ends_at else OutboundJob.PENDING
+        )
+    with transaction.atomic():
+        JobAttempt.objects.create(
+            job=job,
+            started_at=started_at,
+            duration_ms=duration_ms,
+            outcome=JobAttempt.PERMANENT if permanent else JobAttempt.TRANSIENT,
+            status_code=status,
+            error=message,
+            response=body,
+            batch_size=batch_size,
+        )
+        OutboundJob.objects.filter(pk=job.pk).update(
+            status=new_status,
+            attempts=attempts,
+            next_attempt_at=next_at,
+            last_error=message,
+            last_status=status,
+            last_response=body,
+            lease_owner="",
+            lease_expires_at=None,
+        )
+    level = logging.WARNING if new_status == OutboundJob.PENDING else logging.ERROR
+    logger.log(level, "job %s (%s → %s) %s: %s", job.pk, job.kind, job.connection_ref, new_status, message)
+    if permanent and flag:
+        job.connection.flag_error(f"{job.kind}: {message}")
+    elif new_status == OutboundJob.DEAD:
+        job.connection.flag_error(f"{job.kind}: gave up after {attempts} attempts: {message}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Admin actions
+# ---------------------------------------------------------------------------------------------------------
+
+
+def retry_now(jobs: QuerySet[OutboundJob]) -> int:
+    """Put failed or dead jobs back in the queue with a fresh window (expired pop-ups stay expired)."""
+    now = timezone.now()
+    count = 0
+    for job in jobs.filter(status__in=[OutboundJob.FAILED, OutboundJob.DEAD]).select_related(
+        "crm_connection", "pbx_connection"
+    ):
+        window = job_kind(job.connection, job.kind).window
+        OutboundJob.objects.filter(pk=job.pk).update(
+            status=OutboundJob.PENDING,
+            next_attempt_at=now,
+            window_ends_at=now + window,
+            lease_owner="",
+            lease_expires_at=None,
+        )
+        count += 1
+    return count
