@@ -129,7 +129,7 @@ class FakeCrm(CrmProvider):
         return response.text[:200]
 
     def lookup(self, query: Any, timeout: float) -> RoutingAnswer | None:
-        delay = self.settings["delay"]
+        delay = self.connection.settings.get("delay", 0)
         if delay:
             time.sleep(min(delay, 10))
         answer = self.connection.settings.get("answer")
