@@ -45,6 +45,8 @@ PIPELINE_KINDS: dict[str, tuple[JobKind, str]] = {
         "calls.recordings.fetch_recording",
     ),
 }
+# What the pipeline does when one of its own jobs gives up (dead or failed): kind → handler(job, reason).
+PIPELINE_GIVE_UP: dict[str, str] = {"recording.fetch": "calls.recordings.recording_unavailable"}
 
 
 def scaled(seconds: float) -> dt.timedelta:
@@ -360,6 +362,8 @@ def record_result(
         )
     level = logging.WARNING if new_status == OutboundJob.PENDING else logging.ERROR
     logger.log(level, "job %s (%s → %s) %s: %s", job.pk, job.kind, job.connection_ref, new_status, message)
+    if new_status in {OutboundJob.FAILED, OutboundJob.DEAD} and job.kind in PIPELINE_GIVE_UP:
+        import_string(PIPELINE_GIVE_UP[job.kind])(job, message)
     if permanent and flag:
         job.connection.flag_error(f"{job.kind}: {message}")
     elif new_status == OutboundJob.DEAD:

@@ -87,10 +87,10 @@ class Tenant(models.Model):
         return zoneinfo.ZoneInfo(self.time_zone)
 
     def active_pbx(self) -> PbxConnection | None:
-        return self.pbx_connections.filter(active=True).first()
+        return self.pbxconnections.filter(active=True).first()
 
     def active_crms(self) -> models.QuerySet[CrmConnection]:
-        return self.crm_connections.filter(active=True).order_by("priority", "id")
+        return self.crmconnections.filter(active=True).order_by("priority", "id")
 
 
 class TenantMembership(models.Model):

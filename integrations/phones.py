@@ -22,18 +22,22 @@ def to_e164(raw: str, region: str = DEFAULT_REGION) -> str:
         raise InvalidPhone("empty phone number")
     digits = "".join(ch for ch in text if ch.isdigit())
     region = (region or DEFAULT_REGION).upper()
-    candidates = [text]
-    if not text.startswith("+") and digits:
-        # '79161234567' written without '+' is common in PBX and CRM payloads: try it as international first
-        # when it is too long to be national.
-        candidates = [f"+{digits}", text] if len(digits) > 10 else [text, f"+{digits}"]
+    # Written in the tenant's national form first ('8 (495) …' is Moscow, not Vietnam); a number that is not
+    # valid there but valid with a '+' in front ('79161234567' without '+') is taken as international.
+    candidates = [text] if text.startswith("+") else [text, f"+{digits}"]
+    possible: str | None = None
     for candidate in candidates:
         try:
             number = phonenumbers.parse(candidate, region)
         except phonenumbers.NumberParseException:
             continue
-        if phonenumbers.is_possible_number(number):
-            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        formatted = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        if phonenumbers.is_valid_number(number):
+            return formatted
+        if possible is None and phonenumbers.is_possible_number(number) and len(digits) > 6:
+            possible = formatted
+    if possible:
+        return possible
     raise InvalidPhone(f"not a phone number: {raw!r}")
 
 

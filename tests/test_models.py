@@ -52,3 +52,22 @@ def test_phone_numbers_in_any_form_become_e164(raw):
 def test_short_digit_strings_are_not_phone_numbers():
     with pytest.raises(InvalidPhone):
         to_e164("101", "RU")
+
+
+@pytest.mark.parametrize(
+    ("raw", "e164"),
+    [
+        ("8 (495) 111-22-33", "+74951112233"),
+        ("74951112233", "+74951112233"),
+        ("+44 20 7946 0958", "+442079460958"),
+    ],
+)
+def test_national_and_international_forms_of_one_number_agree(raw, e164):
+    assert to_e164(raw, "RU") == e164
+
+
+def test_tenant_knows_its_active_pbx_and_crms():
+    tenant = TenantFactory()
+    pbx = PbxConnectionFactory(tenant=tenant)
+    crm = CrmConnectionFactory(tenant=tenant, provider="wirecrm")
+    assert tenant.active_pbx() == pbx and list(tenant.active_crms()) == [crm]

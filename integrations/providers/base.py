@@ -438,6 +438,10 @@ class CrmProvider(Provider):
     def answers_routing(self, query: RoutingQuery) -> bool:
         return True
 
+    def accepts_playback_client_id(self, client_id: str) -> bool:
+        """Whether a recording link fetched with ?clientId=… is this CRM's (RetailCRM plays them that way)."""
+        return False
+
     def jobs_for_sync(self) -> list[JobSpec]:
         """Jobs that a configuration change (mappings, external phones) calls for."""
         return []

@@ -1,0 +1,483 @@
+"""Call history for support staff: the call log, its event timeline, routing decisions and outbound jobs.
+
+Everything here is read-only (the log records what happened); tenant admins may act on it through two
+actions, "retry now" on failed or dead jobs and "resend to CRM" on calls. Scoping follows memberships, as in
+integrations.admin_scoping: support and admins of a tenant see its calls, anyone else gets 404.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import importlib.util
+import json
+import zoneinfo
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+from django.contrib import admin, messages
+from django.contrib.admin import RelatedOnlyFieldListFilter
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import PAGE_VAR
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, QueryDict
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from calls.models import (
+    Call,
+    CallEvent,
+    JobAttempt,
+    OriginateRequest,
+    OutboundJob,
+    Recording,
+    RoutingDecision,
+)
+from integrations.admin_scoping import (
+    ReadOnlyTenantInline,
+    TenantScopedAdminMixin,
+    is_superuser,
+    readable_tenant_ids,
+)
+from integrations.models import Tenant
+from integrations.phones import digits_only, is_extension, to_e164_or_none
+
+PHONE_PUNCTUATION = set("+-() .")
+
+
+def scope_tenants(request: HttpRequest) -> QuerySet[Tenant]:
+    tenants = Tenant.objects.order_by()
+    return tenants if is_superuser(request) else tenants.filter(pk__in=readable_tenant_ids(request))
+
+
+def optional_service(module: str, name: str) -> Callable[..., Any] | None:
+    """A pipeline function the admin offers when the pipeline provides it."""
+    if importlib.util.find_spec(module) is None:
+        return None
+    return getattr(importlib.import_module(module), name, None)
+
+
+def pretty_json(value: Any) -> SafeString:
+    return format_html("<pre style='margin:0; white-space:pre-wrap'>{}</pre>", json.dumps(value, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# List filters with typed inputs
+# ---------------------------------------------------------------------------------------------------------
+
+
+class InputFilter(admin.ListFilter):
+    """A filter with text or date inputs; subclasses list them in `inputs` and implement `filter`."""
+
+    template = "admin/callbridge/input_filter.html"
+    inputs: ClassVar[tuple[tuple[str, str, str], ...]] = ()  # (query parameter, label, input type)
+
+    def __init__(self, request: HttpRequest, params: dict[str, Any], model: Any, model_admin: Any) -> None:
+        super().__init__(request, params, model, model_admin)
+        for name in self.expected_parameters():
+            if name in params:
+                value = params.pop(name)
+                value = value[-1] if isinstance(value, list) else value
+                if value.strip():
+                    self.used_parameters[name] = value.strip()
+
+    def expected_parameters(self) -> list[str]:
+        return [name for name, _label, _type in self.inputs]
+
+    def has_output(self) -> bool:
+        return True
+
+    def input_label(self, name: str, label: str) -> str:
+        return label
+
+    def choices(self, changelist: Any) -> Iterator[dict[str, Any]]:
+        names = self.expected_parameters()
+        others = QueryDict(changelist.get_query_string(remove=[*names, PAGE_VAR]).lstrip("?"))
+        yield {
+            "selected": bool(self.used_parameters),
+            "hidden": [(key, value) for key, values in others.lists() for value in values],
+            "inputs": [
+                {
+                    "name": name,
+                    "label": self.input_label(name, label),
+                    "type": kind,
+                    "value": self.used_parameters.get(name, ""),
+                }
+                for name, label, kind in self.inputs
+            ],
+            "clear_query_string": changelist.get_query_string(remove=names),
+        }
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return self.filter(request, queryset) if self.used_parameters else queryset
+
+    def filter(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        raise NotImplementedError
+
+
+def scope_time_zone(request: HttpRequest) -> dt.tzinfo:
+    """Dates mean the tenants' local days when every visible tenant shares one time zone."""
+    zones = set(scope_tenants(request).values_list("time_zone", flat=True).distinct()[:2])
+    if len(zones) == 1:
+        return zoneinfo.ZoneInfo(zones.pop())
+    return timezone.get_current_timezone()
+
+
+class StartedAtRangeFilter(InputFilter):
+    title = "date"
+    inputs = (("started_from", "From", "date"), ("started_to", "To (inclusive)", "date"))
+
+    def input_label(self, name: str, label: str) -> str:
+        return f"{label} ({scope_time_zone(self.request)})"
+
+    def filter(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        tz = scope_time_zone(request)
+        try:
+            if "started_from" in self.used_parameters:
+                day = dt.date.fromisoformat(self.used_parameters["started_from"])
+                queryset = queryset.filter(started_at__gte=dt.datetime.combine(day, dt.time(), tz))
+            if "started_to" in self.used_parameters:
+                day = dt.date.fromisoformat(self.used_parameters["started_to"]) + dt.timedelta(days=1)
+                queryset = queryset.filter(started_at__lt=dt.datetime.combine(day, dt.time(), tz))
+        except ValueError as exc:
+            raise IncorrectLookupParameters(exc) from exc
+        return queryset
+
+
+def extension_condition(extension: str) -> Q:
+    """Calls where this extension rang, answered, started the call, or was the first or last to answer."""
+    # The lists are JSON arrays of strings: matching the quoted value finds "101" but not "1010".
+    quoted = json.dumps(extension)
+    return (
+        Q(first_answered_extension=extension)
+        | Q(last_answered_extension=extension)
+        | Q(initiating_extension=extension)
+        | Q(rang_extensions__icontains=quoted)
+        | Q(answered_extensions__icontains=quoted)
+    )
+
+
+class ExtensionFilter(InputFilter):
+    title = "extension"
+    inputs = (("extension", "Extension", "text"),)
+
+    def filter(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(extension_condition(self.used_parameters["extension"]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Calls
+# ---------------------------------------------------------------------------------------------------------
+
+
+class CallEventInline(ReadOnlyTenantInline):
+    model = CallEvent
+    fields = ("kind", "order_key", "occurred_at", "leg_id", "normalised_view")
+    readonly_fields = fields
+    ordering = ("order_key", "id")
+    verbose_name_plural = "Event timeline"
+
+    @admin.display(description="Normalised")
+    def normalised_view(self, obj: CallEvent) -> SafeString:
+        return pretty_json(obj.normalised)
+
+
+class RoutingDecisionInline(ReadOnlyTenantInline):
+    model = RoutingDecision
+    fk_name = "call"
+    fields = ("created_at", "caller", "did", "extension", "display_name", "source", "latency_ms")
+    readonly_fields = fields
+    verbose_name_plural = "Routing decisions"
+
+
+class OutboundJobInline(ReadOnlyTenantInline):
+    model = OutboundJob
+    fk_name = "call"
+    fields = (
+        "kind",
+        "connection_ref",
+        "order_key",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_status",
+        "last_error",
+        "attempts_link",
+    )
+    readonly_fields = fields
+    verbose_name_plural = "Outbound jobs"
+
+    @admin.display(description="Attempt log")
+    def attempts_link(self, obj: OutboundJob) -> SafeString | str:
+        if not obj.pk:
+            return "—"
+        url = reverse("admin:calls_outboundjob_change", args=[obj.pk])
+        return format_html('<a href="{}#attempt_log-group">{} attempt(s)</a>', url, obj.attempt_log.count())
+
+
+@admin.register(Call)
+class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    writable = False
+    list_display = (
+        "started_at",
+        "direction",
+        "client_phone",
+        "external_phone",
+        "extension",
+        "result",
+        "talk_seconds",
+        "recording_state",
+        "tenant",
+        "pbx_connection",
+    )
+    list_filter = (
+        ("tenant", RelatedOnlyFieldListFilter),
+        "direction",
+        "result",
+        StartedAtRangeFilter,
+        ExtensionFilter,
+        ("pbx_connection", RelatedOnlyFieldListFilter),
+    )
+    # The search itself is get_search_results(); a search field makes the admin show the box.
+    search_fields = ("provider_call_id",)
+    search_help_text = "A phone number in any form, an extension or the PBX's call id."
+    list_select_related = ("tenant", "pbx_connection", "recording")
+    actions = ["resend_to_crm"]
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "tenant",
+                    "pbx_connection",
+                    "provider_call_id",
+                    "direction",
+                    "result",
+                    "completion_note",
+                    "location",
+                )
+            },
+        ),
+        (
+            "Parties",
+            {
+                "fields": (
+                    "client_phone",
+                    "client_phone_raw",
+                    "external_phone",
+                    "rang_extensions",
+                    "answered_extensions",
+                    "first_answered_extension",
+                    "last_answered_extension",
+                    "initiating_extension",
+                    "extension",
+                )
+            },
+        ),
+        (
+            "Times",
+            {
+                "fields": (
+                    "started_at",
+                    "answered_at",
+                    "ended_at",
+                    "wait_seconds",
+                    "talk_seconds",
+                    "ended",
+                    "final_for_crm",
+                    "final_at",
+                )
+            },
+        ),
+        ("Recording", {"fields": ("recording_expected", "recording_state", "recording_link")}),
+    )
+    readonly_fields = ("extension", "recording_state", "recording_link")
+    inlines = [CallEventInline, RoutingDecisionInline, OutboundJobInline]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        condition = Q(provider_call_id=term) | Q(client_phone_raw__icontains=term)
+        # A number as people write it ("8 (916) 123-45-67") becomes E.164 under each tenant's own region.
+        for region in scope_tenants(request).values_list("region", flat=True).distinct():
+            e164 = to_e164_or_none(term, region)
+            if e164:
+                condition |= Q(tenant__region=region) & (Q(client_phone=e164) | Q(external_phone=e164))
+        digits = digits_only(term)
+        if len(digits) >= 7 and all(ch.isdigit() or ch in PHONE_PUNCTUATION for ch in term):
+            # A partial number: its digits appear as written inside the stored E.164.
+            condition |= Q(client_phone__contains=digits) | Q(external_phone__contains=digits)
+        if is_extension(term):
+            condition |= extension_condition(term)
+        return queryset.filter(condition), False
+
+    @admin.display(description="Extension")
+    def extension(self, obj: Call) -> str:
+        return (
+            obj.last_answered_extension
+            or obj.initiating_extension
+            or (obj.rang_extensions[0] if obj.rang_extensions else "")
+        )
+
+    @admin.display(description="Recording")
+    def recording_state(self, obj: Call) -> str:
+        recording = getattr(obj, "recording", None) if obj.pk else None
+        return recording.get_state_display() if recording else "—"
+
+    @admin.display(description="Recording link")
+    def recording_link(self, obj: Call) -> SafeString | str:
+        recording = getattr(obj, "recording", None) if obj.pk else None
+        if recording is None:
+            return "—"
+        if recording.state == Recording.UNAVAILABLE:
+            return f"unavailable: {recording.reason}" if recording.reason else "unavailable"
+        if recording.state == Recording.PURGED:
+            return "purged by retention"
+        # The permanent link works once the file is stored; it is the one CRMs received.
+        return format_html('<a href="{0}" target="_blank" rel="noopener">{0}</a>', recording.public_url)
+
+    @admin.action(description="Resend to CRM", permissions=["operate"])
+    def resend_to_crm(self, request: HttpRequest, queryset: QuerySet) -> None:
+        resend = optional_service("calls.services", "resend_to_crm")
+        if resend is None:
+            self.message_user(request, "Resending is not available in this version.", messages.ERROR)
+            return
+        allowed = self.operable_queryset(request, queryset)
+        skipped = queryset.count() - allowed.count()
+        jobs = sum(resend(call) or 0 for call in allowed)
+        self.message_user(request, f"Queued {jobs} message(s) to CRMs for {allowed.count()} call(s).")
+        if skipped:
+            self.message_user(
+                request, f"{skipped} call(s) skipped: you only read those tenants.", messages.WARNING
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Outbound jobs and their attempts
+# ---------------------------------------------------------------------------------------------------------
+
+
+class JobAttemptInline(ReadOnlyTenantInline):
+    model = JobAttempt
+    fields = ("started_at", "outcome", "status_code", "duration_ms", "batch_size", "error", "response")
+    readonly_fields = fields
+    verbose_name_plural = "Attempts"
+
+
+@admin.register(OutboundJob)
+class OutboundJobAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    writable = False
+    list_display = (
+        "created_at",
+        "kind",
+        "connection_ref",
+        "call_link",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_status",
+        "tenant",
+    )
+    list_filter = (
+        ("tenant", RelatedOnlyFieldListFilter),
+        "status",
+        "kind",
+        ("crm_connection", RelatedOnlyFieldListFilter),
+    )
+    search_fields = ("dedupe_key", "call__provider_call_id", "kind")
+    list_select_related = ("tenant", "call")
+    actions = ["retry_now"]
+    fields = (
+        "tenant",
+        "connection_ref",
+        "kind",
+        "call_link",
+        "order_key",
+        "dedupe_key",
+        "status",
+        "attempts",
+        "due_at",
+        "next_attempt_at",
+        "window_ends_at",
+        "expires_at",
+        "lease_owner",
+        "lease_expires_at",
+        "last_status",
+        "last_error",
+        "last_response",
+        "sent_at",
+        "created_at",
+        "payload",
+    )
+    readonly_fields = ("call_link",)
+    inlines = [JobAttemptInline]
+
+    @admin.display(description="Call")
+    def call_link(self, obj: OutboundJob) -> SafeString | str:
+        if not obj.call_id:
+            return "—"
+        url = reverse("admin:calls_call_change", args=[obj.call_id])
+        return format_html('<a href="{}">{}</a>', url, obj.call)
+
+    @admin.action(description="Retry now (failed or dead jobs)", permissions=["operate"])
+    def retry_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+        retry = optional_service("calls.outbox", "retry_now")
+        if retry is None:
+            self.message_user(request, "Retrying is not available in this version.", messages.ERROR)
+            return
+        allowed = self.operable_queryset(request, queryset)
+        retryable = allowed.filter(status__in=[OutboundJob.FAILED, OutboundJob.DEAD])
+        ignored = queryset.count() - retryable.count()
+        count = retry(retryable)
+        self.message_user(request, f"{count} job(s) queued to be sent again now.")
+        if ignored:
+            self.message_user(
+                request,
+                f"{ignored} job(s) left alone: only failed or dead jobs of tenants you administer are retried.",
+                messages.WARNING,
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Routing decisions and click-to-call requests (including those that never became a call)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@admin.register(RoutingDecision)
+class RoutingDecisionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    writable = False
+    list_display = (
+        "created_at",
+        "caller",
+        "did",
+        "extension",
+        "display_name",
+        "source",
+        "latency_ms",
+        "tenant",
+    )
+    list_filter = (("tenant", RelatedOnlyFieldListFilter), "source")
+    search_fields = ("caller", "did", "extension", "provider_call_id")
+    list_select_related = ("tenant",)
+
+
+@admin.register(OriginateRequest)
+class OriginateRequestAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    writable = False
+    list_display = (
+        "created_at",
+        "extension",
+        "phone",
+        "status",
+        "crm_connection",
+        "correlation_id",
+        "tenant",
+    )
+    list_filter = (("tenant", RelatedOnlyFieldListFilter), "status")
+    search_fields = ("phone", "extension", "correlation_id")
+    list_select_related = ("tenant", "crm_connection")
