@@ -1,0 +1,739 @@
+"""The tenant-scoped admin for tenants, their memberships, connections, extensions and external phones.
+
+Scoping (who sees and changes what) lives in integrations.admin_scoping. Secrets are write-only here: a form
+never renders a stored secret, a blank field keeps it. Tokens the portal issues (Field.issued) can be
+generated; a new one is shown once, and tenant admins can reveal or regenerate those tokens alone, because
+they have to be pasted into the provider. Secrets a provider issued are never shown again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import RelatedOnlyFieldListFilter
+from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_user_model, password_validation
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Model, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.cache import add_never_cache_headers
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from integrations.admin_scoping import (
+    SameTenantInlineFormSet,
+    TenantScopedAdminMixin,
+    TenantScopedInlineMixin,
+    is_superuser,
+)
+from integrations.crypto import new_token
+from integrations.models import (
+    Connection,
+    CrmConnection,
+    Extension,
+    ExtensionMapping,
+    ExternalPhone,
+    ExternalPhoneSiteCode,
+    PbxConnection,
+    Tenant,
+    TenantMembership,
+)
+from integrations.providers.base import (
+    GENERATE,
+    LABELS,
+    REGISTRY,
+    SIDES,
+    Field,
+    SchemaError,
+    provider_class,
+)
+
+User = get_user_model()
+
+SECRET_PREFIX = "secret__"
+GENERATE_PREFIX = "generate__"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Memberships: add an existing user by username or e-mail, or create one; never a list of every user
+# ---------------------------------------------------------------------------------------------------------
+
+
+def find_user(identifier: str) -> Any:
+    """The user with this username, else the one user with this e-mail."""
+    user = User.objects.filter(username=identifier).first()
+    if user is not None:
+        return user
+    by_email = list(User.objects.filter(email__iexact=identifier)[:2])
+    if len(by_email) > 1:
+        raise ValidationError("Several users have this e-mail address: give the username.")
+    if not by_email:
+        raise ValidationError("No user with this username or e-mail address.")
+    return by_email[0]
+
+
+class MembershipForm(forms.ModelForm):
+    user_lookup = forms.CharField(
+        label="Existing user",
+        required=False,
+        help_text="Username or e-mail address of someone who already has a login.",
+    )
+    new_username = forms.CharField(label="Or a new user: username", required=False, max_length=150)
+    new_email = forms.EmailField(label="New user's e-mail", required=False)
+    new_password = forms.CharField(
+        label="New user's password",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+    )
+
+    class Meta:
+        model = TenantMembership
+        fields = ["role"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._new_user: tuple[str, str, str] | None = None
+        if self.instance.pk:
+            # The member is fixed once added; only the role changes.
+            for name in ("user_lookup", "new_username", "new_email", "new_password"):
+                if name in self.fields:
+                    self.fields[name].disabled = True
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.instance.pk:
+            return cleaned
+        lookup = (cleaned.get("user_lookup") or "").strip()
+        username = (cleaned.get("new_username") or "").strip()
+        if lookup and username:
+            raise ValidationError("Either name an existing user or create a new one, not both.")
+        if not lookup and not username:
+            raise ValidationError("Name an existing user (username or e-mail) or create a new one.")
+        if lookup:
+            try:
+                user = find_user(lookup)
+            except ValidationError as exc:
+                self.add_error("user_lookup", exc)
+                return cleaned
+            tenant = cleaned.get("tenant") or (self.instance.tenant if self.instance.tenant_id else None)
+            if tenant is not None and TenantMembership.objects.filter(tenant=tenant, user=user).exists():
+                self.add_error("user_lookup", f"{user.get_username()} is already a member of {tenant}.")
+                return cleaned
+            self.instance.user = user
+            return cleaned
+        self._clean_new_user(cleaned, username)
+        return cleaned
+
+    def _clean_new_user(self, cleaned: dict[str, Any], username: str) -> None:
+        email = cleaned.get("new_email") or ""
+        password = cleaned.get("new_password") or ""
+        try:
+            User.username_validator(username)
+        except ValidationError as exc:
+            self.add_error("new_username", exc)
+        if User.objects.filter(username__iexact=username).exists():
+            self.add_error("new_username", "This username is taken: add the existing user instead.")
+        if not email:
+            self.add_error("new_email", "A new user needs an e-mail address.")
+        if not password:
+            self.add_error("new_password", "A new user needs a password.")
+        else:
+            try:
+                password_validation.validate_password(password, User(username=username, email=email))
+            except ValidationError as exc:
+                self.add_error("new_password", exc)
+        if not self.errors:
+            self._new_user = (username, email, password)
+
+    @property
+    def member_key(self) -> str:
+        """Who this row adds, for spotting the same person twice in one formset."""
+        if self._new_user:
+            return f"new:{self._new_user[0].lower()}"
+        user_id = getattr(self.instance, "user_id", None)
+        return f"user:{user_id}" if user_id else ""
+
+    def save(self, commit: bool = True) -> TenantMembership:
+        if self._new_user and not self.instance.user_id:
+            username, email, password = self._new_user
+            # is_staff lets the new member log in to this admin; what they see follows the membership.
+            self.instance.user = User.objects.create_user(username, email, password, is_staff=True)
+        return super().save(commit)
+
+
+class MembershipFormSet(SameTenantInlineFormSet):
+    def clean(self) -> None:
+        super().clean()
+        seen: set[str] = set()
+        for form in self.forms:
+            if not hasattr(form, "cleaned_data") or not form.has_changed() or self._should_delete_form(form):
+                continue
+            key = getattr(form, "member_key", "")
+            if key and key in seen:
+                raise ValidationError("The same user appears twice.")
+            seen.add(key)
+
+
+class MembershipInline(TenantScopedInlineMixin, admin.TabularInline):
+    model = TenantMembership
+    form = MembershipForm
+    formset = MembershipFormSet
+    fields = ("user_display", "role", "user_lookup", "new_username", "new_email", "new_password")
+    readonly_fields = ("user_display",)
+    extra = 0
+    verbose_name_plural = "Members (admins configure this tenant, support reads its call history)"
+
+    @admin.display(description="User")
+    def user_display(self, obj: TenantMembership) -> str:
+        return member_label(obj)
+
+
+def member_label(membership: TenantMembership) -> str:
+    if not membership.pk or not membership.user_id:
+        return "—"
+    user = membership.user
+    return f"{user.get_username()} <{user.email}>" if user.email else user.get_username()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Connections: settings as JSON, secrets write-only, issued tokens generated, revealed and regenerated
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretSlot:
+    """One secret key in a connection form, and the providers of the form's side that use it."""
+
+    name: str
+    providers: tuple[str, ...]
+    issued: bool  # issued by the portal for at least one of those providers
+
+
+def secret_slots(side: str, provider: str | None) -> list[SecretSlot]:
+    """The secret fields of one provider, or (a new connection, provider not yet chosen) of every provider
+    of the side, each named once."""
+    keys = [provider] if provider else [key for key, s in SIDES.items() if s == side]
+    slots: dict[str, SecretSlot] = {}
+    for key in keys:
+        for field in provider_class(key).secret_fields:
+            known = slots.get(field.name)
+            slots[field.name] = SecretSlot(
+                name=field.name,
+                providers=(*known.providers, key) if known else (key,),
+                issued=(known.issued if known else False) or field.issued,
+            )
+    return list(slots.values())
+
+
+def describe_fields(fields: tuple[Field, ...]) -> str:
+    parts = []
+    for field in fields:
+        text = f"{field.name} ({field.kind}"
+        if field.choices:
+            text += ": " + " | ".join(field.choices)
+        if field.default not in (None, "", {}):
+            text += f", default {json.dumps(field.default, ensure_ascii=False)}"
+        parts.append(text + ")")
+    return ", ".join(parts)
+
+
+class PrettyJSONField(forms.JSONField):
+    """Settings are edited as indented JSON."""
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return json.dumps(value if value is not None else {}, ensure_ascii=False, indent=2, sort_keys=True)
+
+
+class ConnectionForm(forms.ModelForm):
+    """Base of the per-provider connection forms built by connection_form_class()."""
+
+    slots: ClassVar[list[SecretSlot]] = []
+
+    settings = PrettyJSONField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 8, "cols": 80, "class": "vLargeTextField"}),
+        help_text="A JSON object; keys the provider does not know are refused, missing ones take defaults.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.generated: list[str] = []
+        stored = self.instance.secrets if self.instance.pk else {}
+        for slot in self.slots:
+            secret_field = self.fields.get(SECRET_PREFIX + slot.name)
+            is_stored = bool(stored.get(slot.name))
+            if secret_field is not None:
+                state = "Stored; leave blank to keep it." if is_stored else "Not set."
+                if slot.issued:
+                    state += ' Type "generate" or tick the box below for a new token.'
+                secret_field.help_text = state
+            generate_field = self.fields.get(GENERATE_PREFIX + slot.name)
+            if generate_field is not None:
+                # A connection without its token cannot authenticate its provider: offer one by default.
+                generate_field.initial = not is_stored
+                if is_stored:
+                    generate_field.help_text = "The current token stops working at once."
+
+    def clean_settings(self) -> dict[str, Any]:
+        value = self.cleaned_data.get("settings")
+        if value in (None, ""):
+            return {}
+        if not isinstance(value, dict):
+            raise ValidationError("Settings must be a JSON object.")
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        provider = cleaned.get("provider") or self.instance.provider
+        if provider not in REGISTRY:
+            return cleaned  # the provider field carries the error
+        provider_cls = provider_class(provider)
+        own = {field.name: field for field in provider_cls.secret_fields}
+        secrets = {k: v for k, v in (self.instance.secrets or {}).items() if k in own}
+        generated = []
+        for slot in self.slots:
+            typed = (cleaned.get(SECRET_PREFIX + slot.name) or "").strip()
+            wants_new = bool(cleaned.get(GENERATE_PREFIX + slot.name)) or typed == GENERATE
+            if slot.name not in own:
+                if typed:
+                    self.add_error(
+                        SECRET_PREFIX + slot.name, f"{LABELS[provider]} has no secret {slot.name}."
+                    )
+                continue
+            if wants_new and own[slot.name].issued:
+                secrets[slot.name] = new_token()
+                generated.append(slot.name)
+            elif typed == GENERATE:
+                self.add_error(
+                    SECRET_PREFIX + slot.name,
+                    f"{LABELS[provider]} issues {slot.name} itself: paste the value from its cabinet.",
+                )
+            elif typed:
+                secrets[slot.name] = typed
+        try:
+            self.instance.secrets = provider_cls.clean_secrets(secrets)
+        except SchemaError as exc:
+            name = exc.field.split(".", 1)[-1]
+            target = SECRET_PREFIX + name if SECRET_PREFIX + name in self.fields else None
+            self.add_error(target, str(exc))
+        self.generated = generated
+        return cleaned
+
+
+def connection_form_class(
+    model: type[Connection], slots: list[SecretSlot], provider: str | None
+) -> type[ConnectionForm]:
+    attrs: dict[str, Any] = {"slots": slots, "__module__": __name__}
+    for slot in slots:
+        label = slot.name
+        if provider is None:
+            # One form for every provider of the side: say whose secret each field is.
+            label = f"{slot.name} ({', '.join(LABELS[p] for p in slot.providers)})"
+        attrs[SECRET_PREFIX + slot.name] = forms.CharField(
+            label=label,
+            required=False,
+            widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        )
+        if slot.issued:
+            attrs[GENERATE_PREFIX + slot.name] = forms.BooleanField(
+                label=f"Generate a new {slot.name}", required=False
+            )
+    return type(f"{model.__name__}Form", (ConnectionForm,), attrs)
+
+
+def secrets_help(writable: bool, new: bool) -> str:
+    if not writable:
+        return "Secrets are encrypted at rest and never shown; this lists which ones are stored."
+    text = "Secrets are encrypted and never shown in this form. A blank field keeps the stored value."
+    return text + (" Fill in only the secrets of the provider you chose." if new else "")
+
+
+class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    change_form_template = "admin/integrations/connection/change_form.html"
+    secret_template = "admin/integrations/connection/secret.html"
+    list_display = ("__str__", "tenant", "provider", "active", "error_flag")
+    list_filter = (("tenant", RelatedOnlyFieldListFilter), "provider", "active")
+    search_fields = ("key", "tenant__name", "tenant__slug", "public_id")
+    list_select_related = ("tenant",)
+    readonly_fields = ("public_id", "inbound_urls_display", "last_error", "last_error_at", "secrets_status")
+    main_fields: tuple[str, ...] = ("tenant", "key", "provider", "active")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None:
+            # The provider decides the shape of settings and secrets: a different provider is a new connection.
+            fields.append("provider")
+        return fields
+
+    def slots_for(self, obj: Connection | None) -> list[SecretSlot]:
+        return secret_slots(self.model.SIDE, obj.provider if obj is not None else None)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None) -> list[Any]:
+        writable = self.has_change_permission(request, obj) if obj else self.has_add_permission(request)
+        if writable:
+            secret_fields: list[str] = []
+            for slot in self.slots_for(obj):
+                secret_fields.append(SECRET_PREFIX + slot.name)
+                if slot.issued:
+                    secret_fields.append(GENERATE_PREFIX + slot.name)
+        else:
+            secret_fields = ["secrets_status"]
+        providers = [obj.provider] if obj else [k for k, s in SIDES.items() if s == self.model.SIDE]
+        settings_help = format_html_join(
+            "",
+            "<p><strong>{}</strong>: {}</p>",
+            ((LABELS[p], describe_fields(provider_class(p).settings_fields) or "none") for p in providers),
+        )
+        fieldsets: list[Any] = [
+            (None, {"fields": list(self.main_fields)}),
+            ("Settings", {"fields": ["settings"], "description": settings_help}),
+            (
+                "Secrets",
+                {
+                    "fields": secret_fields,
+                    "description": secrets_help(writable, new=obj is None),
+                },
+            ),
+        ]
+        if obj is not None:
+            fieldsets.append(("Inbound URLs", {"fields": ["inbound_urls_display", "public_id"]}))
+            fieldsets.append(("Last error", {"fields": ["last_error", "last_error_at"]}))
+        return fieldsets
+
+    def get_form(
+        self, request: HttpRequest, obj: Connection | None = None, change: bool = False, **kwargs: Any
+    ):
+        provider = obj.provider if obj is not None else None
+        kwargs["form"] = connection_form_class(self.model, self.slots_for(obj), provider)
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: Connection, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        for name in getattr(form, "generated", ()):
+            announce_token(request, obj, name)
+
+    # ---- displays ----
+    @admin.display(description="Error", boolean=True)
+    def error_flag(self, obj: Connection) -> bool:
+        return bool(obj.last_error)
+
+    @admin.display(description="Inbound URLs")
+    def inbound_urls_display(self, obj: Connection) -> SafeString | str:
+        if obj is None or not obj.pk:
+            return "Shown once the connection is saved."
+        urls = obj.inbound_urls()
+        base = urls.pop("base", None)
+        paste = ""
+        if base:
+            paste = format_html(
+                "<p>Paste this into the {} cabinet (it appends its own suffixes):<br><code>{}</code></p>",
+                LABELS.get(obj.provider, obj.provider),
+                base,
+            )
+        listed = format_html_join("", "<li>{}: <code>{}</code></li>", urls.items())
+        return format_html("{}<ul>{}</ul>", paste, listed)
+
+    @admin.display(description="Secrets")
+    def secrets_status(self, obj: Connection) -> str:
+        if obj is None or not obj.pk:
+            return "—"
+        stored = obj.secrets or {}
+        return "; ".join(
+            f"{f.name}: {'stored' if stored.get(f.name) else 'not set'}"
+            for f in obj.provider_cls.secret_fields
+        )
+
+    # ---- reveal and regenerate issued tokens ----
+    def get_urls(self) -> list[Any]:
+        info = self.opts.app_label, self.opts.model_name
+        custom = [
+            path(
+                "<path:object_id>/secrets/<str:name>/reveal/",
+                self.admin_site.admin_view(self.reveal_secret_view),
+                name="{}_{}_reveal_secret".format(*info),
+            ),
+            path(
+                "<path:object_id>/secrets/<str:name>/regenerate/",
+                self.admin_site.admin_view(self.regenerate_secret_view),
+                name="{}_{}_regenerate_secret".format(*info),
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def issued_secret_tools(self, request: HttpRequest, obj: Connection) -> list[dict[str, str]]:
+        if not self.has_change_permission(request, obj):
+            return []
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            {
+                "name": name,
+                "reveal_url": reverse("admin:{}_{}_reveal_secret".format(*info), args=[obj.pk, name]),
+                "regenerate_url": reverse("admin:{}_{}_regenerate_secret".format(*info), args=[obj.pk, name]),
+            }
+            for name in obj.provider_cls.issued_secrets()
+        ]
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Connection | None = None,
+    ) -> HttpResponse:
+        context["issued_secret_tools"] = self.issued_secret_tools(request, obj) if obj is not None else []
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _issued_secret_target(self, request: HttpRequest, object_id: str, name: str) -> Connection:
+        obj = self.get_object(request, unquote(object_id))  # 404 outside the user's tenants
+        if name not in obj.provider_cls.issued_secrets():
+            # A secret the provider issued is write-only: there is nothing to reveal or regenerate here.
+            raise Http404("Only tokens the portal issues can be revealed or regenerated.")
+        if not self.has_change_permission(request, obj):
+            raise PermissionDenied
+        return obj
+
+    def _secret_page(self, request: HttpRequest, obj: Connection, name: str, **extra: Any) -> HttpResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": obj,
+            "secret_name": name,
+            "provider_label": LABELS.get(obj.provider, obj.provider),
+            "change_url": reverse(
+                f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk]
+            ),
+            **extra,
+        }
+        response = TemplateResponse(request, self.secret_template, context)
+        add_never_cache_headers(response)
+        return response
+
+    def reveal_secret_view(self, request: HttpRequest, object_id: str, name: str) -> HttpResponse:
+        obj = self._issued_secret_target(request, object_id, name)
+        token = (obj.secrets or {}).get(name, "")
+        if token:
+            self.log_change(request, obj, f"Revealed {name}.")  # who saw it; never the value
+        return self._secret_page(request, obj, name, title=f"{name} of {obj}", mode="reveal", token=token)
+
+    def regenerate_secret_view(self, request: HttpRequest, object_id: str, name: str) -> HttpResponse:
+        obj = self._issued_secret_target(request, object_id, name)
+        if request.method != "POST":
+            return self._secret_page(request, obj, name, title=f"Regenerate {name} of {obj}?", mode="confirm")
+        obj.regenerate_secret(name)
+        self.log_change(request, obj, f"Regenerated {name}.")
+        announce_token(request, obj, name)
+        return HttpResponseRedirect(
+            reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk])
+        )
+
+
+def announce_token(request: HttpRequest, obj: Connection, name: str) -> None:
+    """Show a token the portal just issued, once: the admin pastes it into the provider now."""
+    messages.warning(
+        request,
+        format_html(
+            "New {} for {}: <code>{}</code> — paste it into {} now. It is not shown again here; "
+            "tenant admins can reveal it from the connection page.",
+            name,
+            obj,
+            obj.secrets[name],
+            LABELS.get(obj.provider, obj.provider),
+        ),
+    )
+
+
+@admin.register(PbxConnection)
+class PbxConnectionAdmin(ConnectionAdmin):
+    pass
+
+
+@admin.register(CrmConnection)
+class CrmConnectionAdmin(ConnectionAdmin):
+    list_display = ("__str__", "tenant", "provider", "priority", "active", "error_flag")
+    main_fields = ("tenant", "key", "provider", "active", "priority")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Extensions and external phones
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ExtensionMappingInline(TenantScopedInlineMixin, admin.TabularInline):
+    model = ExtensionMapping
+    fields = ("crm_connection", "crm_user_id", "status", "status_at")
+    readonly_fields = ("status", "status_at")
+    extra = 0
+    verbose_name_plural = "CRM users"
+
+
+@admin.register(Extension)
+class ExtensionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    list_display = ("number", "name", "email", "tenant", "crm_users")
+    list_filter = (("tenant", RelatedOnlyFieldListFilter),)
+    search_fields = ("number", "name", "email")
+    list_select_related = ("tenant",)
+    fields = ("tenant", "number", "name", "email")
+    inlines = [ExtensionMappingInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).prefetch_related("mappings__crm_connection")
+
+    @admin.display(description="CRM users")
+    def crm_users(self, obj: Extension) -> str:
+        return ", ".join(f"{m.crm_connection.key}: {m.crm_user_id}" for m in obj.mappings.all()) or "—"
+
+
+class SiteCodeInline(TenantScopedInlineMixin, admin.TabularInline):
+    model = ExternalPhoneSiteCode
+    fields = ("crm_connection", "code")
+    extra = 0
+    verbose_name_plural = "Site codes per CRM connection"
+
+
+@admin.register(ExternalPhone)
+class ExternalPhoneAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    list_display = ("number", "label", "tenant", "site_codes_summary")
+    list_filter = (("tenant", RelatedOnlyFieldListFilter),)
+    search_fields = ("number", "label")
+    list_select_related = ("tenant",)
+    fields = ("tenant", "number", "label")
+    inlines = [SiteCodeInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).prefetch_related("site_codes__crm_connection")
+
+    @admin.display(description="Site codes")
+    def site_codes_summary(self, obj: ExternalPhone) -> str:
+        return site_codes_text(obj)
+
+
+def site_codes_text(phone: ExternalPhone) -> str:
+    if not phone.pk:
+        return "—"
+    return ", ".join(f"{c.crm_connection.key}: {c.code}" for c in phone.site_codes.all()) or "—"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tenants and memberships
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ConnectionSummaryInline(TenantScopedInlineMixin, admin.TabularInline):
+    """A line per connection with a link to its own page, where settings and secrets are edited."""
+
+    allow_add = False
+    can_delete = False
+    extra = 0
+    show_change_link = True
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        return self.fields
+
+
+class PbxSummaryInline(ConnectionSummaryInline):
+    model = PbxConnection
+    fields = ("key", "provider", "active", "last_error")
+    verbose_name_plural = "PBX connections"
+
+
+class CrmSummaryInline(ConnectionSummaryInline):
+    model = CrmConnection
+    fields = ("key", "provider", "priority", "active", "last_error")
+    verbose_name_plural = "CRM connections"
+
+
+class ExtensionInline(TenantScopedInlineMixin, admin.TabularInline):
+    model = Extension
+    fields = ("number", "name", "email")
+    extra = 0
+    show_change_link = True  # CRM user mappings are edited on the extension's page
+
+
+class ExternalPhoneInline(TenantScopedInlineMixin, admin.TabularInline):
+    model = ExternalPhone
+    fields = ("number", "label", "site_codes")
+    readonly_fields = ("site_codes",)
+    extra = 0
+    show_change_link = True  # site codes are edited on the phone's page
+
+    @admin.display(description="Site codes")
+    def site_codes(self, obj: ExternalPhone) -> str:
+        return site_codes_text(obj)
+
+
+@admin.register(Tenant)
+class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    tenant_path = ""
+    list_display = ("name", "slug", "region", "time_zone", "active", "connections")
+    list_filter = ("active",)
+    search_fields = ("name", "slug")
+    fields = ("name", "slug", "region", "time_zone", "retention_days", "active", "add_connection_links")
+    readonly_fields = ("add_connection_links",)
+    inlines = [
+        MembershipInline,
+        PbxSummaryInline,
+        CrmSummaryInline,
+        ExtensionInline,
+        ExternalPhoneInline,
+    ]
+
+    # Creating and deleting whole tenants is the operator's job; tenant admins configure their own.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return is_superuser(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return is_superuser(request)
+
+    @admin.display(description="Connections")
+    def connections(self, obj: Tenant) -> str:
+        connections = [*PbxConnection.objects.filter(tenant=obj), *CrmConnection.objects.filter(tenant=obj)]
+        names = [f"{c.key} ({c.provider})" for c in connections]
+        return ", ".join(names) or "—"
+
+    @admin.display(description="Add a connection")
+    def add_connection_links(self, obj: Tenant) -> SafeString | str:
+        if obj is None or not obj.pk:
+            return "—"
+        return format_html(
+            '<a href="{}?tenant={}">PBX connection</a> · <a href="{}?tenant={}">CRM connection</a>',
+            reverse("admin:integrations_pbxconnection_add"),
+            obj.pk,
+            reverse("admin:integrations_crmconnection_add"),
+            obj.pk,
+        )
+
+
+@admin.register(TenantMembership)
+class TenantMembershipAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    form = MembershipForm
+    list_display = ("user_display", "email", "tenant", "role")
+    list_filter = (("tenant", RelatedOnlyFieldListFilter), "role")
+    search_fields = ("user__username", "user__email")
+    list_select_related = ("tenant", "user")
+
+    def get_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
+        if obj is None:
+            return ["tenant", "role", "user_lookup", "new_username", "new_email", "new_password"]
+        return ["tenant", "user_display", "role"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
+        return ["tenant", "user_display"] if obj is not None else ["user_display"]
+
+    @admin.display(description="User")
+    def user_display(self, obj: TenantMembership) -> str:
+        return member_label(obj)
+
+    @admin.display(description="E-mail")
+    def email(self, obj: TenantMembership) -> str:
+        return obj.user.email
