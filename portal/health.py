@@ -45,7 +45,9 @@ def _check_broker() -> str:
 
     try:
         with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+            # One attempt, bounded: a probe that retries would make the load balancer's check time out instead
+            # of reporting the broker's state.
+            conn.ensure_connection(max_retries=0, timeout=2)
     except Exception as exc:
         logger.warning("readiness: broker unreachable: %s", exc)
         return "error"

@@ -103,16 +103,16 @@ for _position, _key in enumerate(FIELD_ENCRYPTION_KEYS, start=1):
         ) from None
 
 ALLOWED_HOSTS = _get("ALLOWED_HOSTS", env.list, ["localhost", "127.0.0.1", "[::1]", "testserver"])
-_public_base_url = _get("PUBLIC_BASE_URL", env.url, "http://localhost:8000")
+PORT = _get("PORT", env.int, 8000)
+if not 0 < PORT < 65536:
+    raise ImproperlyConfigured(f"PORT: expected 1-65535, got {PORT!r}")
+_public_base_url = _get("PUBLIC_BASE_URL", env.url, f"http://localhost:{PORT}")
 if _public_base_url.scheme not in {"http", "https"} or not _public_base_url.hostname:
     raise ImproperlyConfigured(
         f"PUBLIC_BASE_URL: expected an absolute http(s) URL such as https://portal.example.com, "
         f"got {_public_base_url.geturl()!r}"
     )
 PUBLIC_BASE_URL = _public_base_url.geturl().rstrip("/")
-PORT = _get("PORT", env.int, 8000)
-if not 0 < PORT < 65536:
-    raise ImproperlyConfigured(f"PORT: expected 1-65535, got {PORT!r}")
 LOG_LEVEL = _get("LOG_LEVEL", env.str, "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"LOG_LEVEL: unknown level {LOG_LEVEL!r}")
@@ -230,6 +230,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
         }
     )
+    # A file, not shared-cache memory: tests that run a worker or two relays in threads need real locking.
+    _db.setdefault("TEST", {}).setdefault("NAME", str(VAR_DIR / f"test-callbridge-{os.getpid()}.sqlite3"))
 else:
     _db.setdefault("CONN_MAX_AGE", 60)
     _db.setdefault("CONN_HEALTH_CHECKS", True)
@@ -247,16 +249,18 @@ if "://" not in CELERY_BROKER_URL:
     )
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    _broker_dir = VAR_DIR / "broker"
+    # A test run gets a broker folder of its own, so two runs on one machine never consume each other's tasks.
+    _broker_dir = VAR_DIR / (f"broker-test-{os.getpid()}" if TESTING else "broker")
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
     # kombu's filesystem transport does not create its folders; the web server, the worker and beat share them.
-    (_broker_dir / "queue").mkdir(parents=True, exist_ok=True)
-    (_broker_dir / "processed").mkdir(parents=True, exist_ok=True)
+    for _folder in ("queue", "processed", "control"):
+        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # Bounded socket timeouts: a frozen Redis must not hang a worker or the relay for long. Visibility
     # timeout ≥ 2 × the longest task; no countdown in this project exceeds 60 s.
@@ -314,6 +318,8 @@ STORAGES = {
         else {},
     },
 }
+# One-time tokens shown to admins travel in messages: keep them server-side, not in a cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REST_FRAMEWORK = {

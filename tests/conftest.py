@@ -62,3 +62,16 @@ def postgres_url() -> str:
         url = "postgres://postgres@127.0.0.1:5432/test"
     need_service("PostgreSQL", url, 5432)
     return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_broker_folder():
+    """A test run's filesystem broker folder is its own (see settings); remove it afterwards."""
+    yield
+    import shutil
+
+    from django.conf import settings
+
+    folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("data_folder_in", "")
+    if "broker-test-" in folder:
+        shutil.rmtree(os.path.dirname(folder), ignore_errors=True)

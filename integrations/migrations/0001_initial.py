@@ -2,14 +2,14 @@
 
 import django.core.validators
 import django.db.models.deletion
-import integrations.crypto
-import integrations.models
 from django.conf import settings
 from django.db import migrations, models
 
+import integrations.crypto
+import integrations.models
+
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -18,138 +18,371 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Tenant',
+            name="Tenant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('slug', models.SlugField(unique=True, validators=[django.core.validators.RegexValidator('^[a-z0-9][a-z0-9_-]{0,49}$', "Lower-case letters, digits, '-' and '_'.")])),
-                ('region', models.CharField(default='RU', help_text='Region for parsing phone numbers.', max_length=2, validators=[integrations.models.validate_region])),
-                ('time_zone', models.CharField(default='Europe/Moscow', max_length=64, validators=[integrations.models.validate_time_zone])),
-                ('retention_days', models.PositiveIntegerField(blank=True, help_text='Delete recordings this many days after the call. Blank: keep forever.', null=True)),
-                ('active', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                (
+                    "slug",
+                    models.SlugField(
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9][a-z0-9_-]{0,49}$", "Lower-case letters, digits, '-' and '_'."
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "region",
+                    models.CharField(
+                        default="RU",
+                        help_text="Region for parsing phone numbers.",
+                        max_length=2,
+                        validators=[integrations.models.validate_region],
+                    ),
+                ),
+                (
+                    "time_zone",
+                    models.CharField(
+                        default="Europe/Moscow",
+                        max_length=64,
+                        validators=[integrations.models.validate_time_zone],
+                    ),
+                ),
+                (
+                    "retention_days",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Delete recordings this many days after the call. Blank: keep forever.",
+                        null=True,
+                    ),
+                ),
+                ("active", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='ExternalPhone',
+            name="ExternalPhone",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.CharField(help_text='E.164; any common written form is accepted.', max_length=20)),
-                ('label', models.CharField(blank=True, max_length=200)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='external_phones', to='integrations.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "number",
+                    models.CharField(help_text="E.164; any common written form is accepted.", max_length=20),
+                ),
+                ("label", models.CharField(blank=True, max_length=200)),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="external_phones",
+                        to="integrations.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['number'],
+                "ordering": ["number"],
             },
         ),
         migrations.CreateModel(
-            name='Extension',
+            name="Extension",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.CharField(max_length=6, validators=[django.core.validators.RegexValidator('^\\d{2,6}$', 'An extension is 2 to 6 digits.')])),
-                ('name', models.CharField(blank=True, max_length=200)),
-                ('email', models.EmailField(blank=True, max_length=254)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='extensions', to='integrations.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "number",
+                    models.CharField(
+                        max_length=6,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^\\d{2,6}$", "An extension is 2 to 6 digits."
+                            )
+                        ],
+                    ),
+                ),
+                ("name", models.CharField(blank=True, max_length=200)),
+                ("email", models.EmailField(blank=True, max_length=254)),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="extensions",
+                        to="integrations.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['number'],
+                "ordering": ["number"],
             },
         ),
         migrations.CreateModel(
-            name='CrmConnection',
+            name="CrmConnection",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(help_text='Names the connection inside its tenant.', max_length=50, validators=[django.core.validators.RegexValidator('^[a-z0-9][a-z0-9_-]{0,49}$', "Lower-case letters, digits, '-' and '_'.")])),
-                ('active', models.BooleanField(default=True)),
-                ('settings', models.JSONField(blank=True, default=dict)),
-                ('secrets', integrations.crypto.EncryptedJSONField(blank=True, default=dict)),
-                ('public_id', models.CharField(default=integrations.models.new_public_id, editable=False, max_length=64, unique=True)),
-                ('last_error', models.TextField(blank=True)),
-                ('last_error_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('provider', models.CharField(choices=[('planfix', 'Planfix'), ('retailcrm', 'RetailCRM'), ('wirecrm', 'WireCRM')], max_length=30)),
-                ('priority', models.PositiveIntegerField(default=10, help_text='Routing asks CRMs in this order: a lower number is asked first.')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='%(class)ss', to='integrations.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "key",
+                    models.CharField(
+                        help_text="Names the connection inside its tenant.",
+                        max_length=50,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9][a-z0-9_-]{0,49}$", "Lower-case letters, digits, '-' and '_'."
+                            )
+                        ],
+                    ),
+                ),
+                ("active", models.BooleanField(default=True)),
+                ("settings", models.JSONField(blank=True, default=dict)),
+                ("secrets", integrations.crypto.EncryptedJSONField(blank=True, default=dict)),
+                (
+                    "public_id",
+                    models.CharField(
+                        default=integrations.models.new_public_id, editable=False, max_length=64, unique=True
+                    ),
+                ),
+                ("last_error", models.TextField(blank=True)),
+                ("last_error_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "provider",
+                    models.CharField(
+                        choices=[("planfix", "Planfix"), ("retailcrm", "RetailCRM"), ("wirecrm", "WireCRM")],
+                        max_length=30,
+                    ),
+                ),
+                (
+                    "priority",
+                    models.PositiveIntegerField(
+                        default=10,
+                        help_text="Routing asks CRMs in this order: a lower number is asked first.",
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="%(class)ss",
+                        to="integrations.tenant",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'CRM connection',
-                'ordering': ['priority', 'id'],
+                "verbose_name": "CRM connection",
+                "ordering": ["priority", "id"],
             },
         ),
         migrations.CreateModel(
-            name='TenantMembership',
+            name="TenantMembership",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('role', models.CharField(choices=[('admin', 'Admin (configures the tenant)'), ('support', 'Support (reads call history)')], default='support', max_length=10)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to='integrations.tenant')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tenant_memberships', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[
+                            ("admin", "Admin (configures the tenant)"),
+                            ("support", "Support (reads call history)"),
+                        ],
+                        default="support",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="memberships",
+                        to="integrations.tenant",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="tenant_memberships",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='ExtensionMapping',
+            name="ExtensionMapping",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('crm_user_id', models.CharField(max_length=100)),
-                ('status', models.CharField(blank=True, help_text='Last status the CRM reported (free, busy…).', max_length=30)),
-                ('status_at', models.DateTimeField(blank=True, null=True)),
-                ('crm_connection', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='mappings', to='integrations.crmconnection')),
-                ('extension', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='mappings', to='integrations.extension')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("crm_user_id", models.CharField(max_length=100)),
+                (
+                    "status",
+                    models.CharField(
+                        blank=True, help_text="Last status the CRM reported (free, busy…).", max_length=30
+                    ),
+                ),
+                ("status_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "crm_connection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="mappings",
+                        to="integrations.crmconnection",
+                    ),
+                ),
+                (
+                    "extension",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="mappings",
+                        to="integrations.extension",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('extension', 'crm_connection'), name='unique_mapping')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("extension", "crm_connection"), name="unique_mapping")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ExternalPhoneSiteCode',
+            name="ExternalPhoneSiteCode",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('code', models.CharField(max_length=100)),
-                ('crm_connection', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='site_codes', to='integrations.crmconnection')),
-                ('external_phone', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='site_codes', to='integrations.externalphone')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("code", models.CharField(max_length=100)),
+                (
+                    "crm_connection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="site_codes",
+                        to="integrations.crmconnection",
+                    ),
+                ),
+                (
+                    "external_phone",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="site_codes",
+                        to="integrations.externalphone",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('external_phone', 'crm_connection'), name='unique_site_code')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("external_phone", "crm_connection"), name="unique_site_code"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='PbxConnection',
+            name="PbxConnection",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(help_text='Names the connection inside its tenant.', max_length=50, validators=[django.core.validators.RegexValidator('^[a-z0-9][a-z0-9_-]{0,49}$', "Lower-case letters, digits, '-' and '_'.")])),
-                ('active', models.BooleanField(default=True)),
-                ('settings', models.JSONField(blank=True, default=dict)),
-                ('secrets', integrations.crypto.EncryptedJSONField(blank=True, default=dict)),
-                ('public_id', models.CharField(default=integrations.models.new_public_id, editable=False, max_length=64, unique=True)),
-                ('last_error', models.TextField(blank=True)),
-                ('last_error_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('provider', models.CharField(choices=[('rostelecom', 'Rostelecom virtual PBX'), ('mango', 'Mango Office VPBX')], max_length=30)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='%(class)ss', to='integrations.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "key",
+                    models.CharField(
+                        help_text="Names the connection inside its tenant.",
+                        max_length=50,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9][a-z0-9_-]{0,49}$", "Lower-case letters, digits, '-' and '_'."
+                            )
+                        ],
+                    ),
+                ),
+                ("active", models.BooleanField(default=True)),
+                ("settings", models.JSONField(blank=True, default=dict)),
+                ("secrets", integrations.crypto.EncryptedJSONField(blank=True, default=dict)),
+                (
+                    "public_id",
+                    models.CharField(
+                        default=integrations.models.new_public_id, editable=False, max_length=64, unique=True
+                    ),
+                ),
+                ("last_error", models.TextField(blank=True)),
+                ("last_error_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "provider",
+                    models.CharField(
+                        choices=[("rostelecom", "Rostelecom virtual PBX"), ("mango", "Mango Office VPBX")],
+                        max_length=30,
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="%(class)ss",
+                        to="integrations.tenant",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'PBX connection',
-                'constraints': [models.UniqueConstraint(fields=('tenant', 'key'), name='unique_pbx_key'), models.UniqueConstraint(condition=models.Q(('active', True)), fields=('tenant',), name='one_active_pbx_per_tenant')],
+                "verbose_name": "PBX connection",
+                "constraints": [
+                    models.UniqueConstraint(fields=("tenant", "key"), name="unique_pbx_key"),
+                    models.UniqueConstraint(
+                        condition=models.Q(("active", True)),
+                        fields=("tenant",),
+                        name="one_active_pbx_per_tenant",
+                    ),
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='externalphone',
-            constraint=models.UniqueConstraint(fields=('tenant', 'number'), name='unique_external_phone'),
+            model_name="externalphone",
+            constraint=models.UniqueConstraint(fields=("tenant", "number"), name="unique_external_phone"),
         ),
         migrations.AddConstraint(
-            model_name='extension',
-            constraint=models.UniqueConstraint(fields=('tenant', 'number'), name='unique_extension'),
+            model_name="extension",
+            constraint=models.UniqueConstraint(fields=("tenant", "number"), name="unique_extension"),
         ),
         migrations.AddConstraint(
-            model_name='crmconnection',
-            constraint=models.UniqueConstraint(fields=('tenant', 'key'), name='unique_crm_key'),
+            model_name="crmconnection",
+            constraint=models.UniqueConstraint(fields=("tenant", "key"), name="unique_crm_key"),
         ),
         migrations.AddConstraint(
-            model_name='tenantmembership',
-            constraint=models.UniqueConstraint(fields=('tenant', 'user'), name='unique_membership'),
+            model_name="tenantmembership",
+            constraint=models.UniqueConstraint(fields=("tenant", "user"), name="unique_membership"),
         ),
     ]

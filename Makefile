@@ -1,0 +1,50 @@
+# Callbridge: `make run` serves a local portal (web server, Celery worker and beat), `make test` runs the suite.
+# Both create .venv from requirements.txt when needed; pins are reinstalled only when requirements.txt changes.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.requirements-installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint format venv
+
+help:
+	@echo "make run     serve the portal on PORT (default 8000) with a Celery worker and beat; Ctrl-C stops all"
+	@echo "make test    run the whole test suite (PYTEST_ARGS=... passes options to pytest)"
+	@echo "make lint    ruff check and ruff format --check"
+	@echo "make format  apply ruff's fixes and formatting"
+	@echo "make venv    create .venv and install requirements.txt"
+
+venv: $(INSTALLED)
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "Callbridge needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# The stamp is touched only after pip succeeds, so an interrupted install is retried by the next make.
+$(INSTALLED): requirements.txt | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+# First run only: a .env with DEBUG on and freshly generated keys. An existing .env is never rewritten.
+.env: | $(INSTALLED)
+	$(PY) -m portal.runall write-env $@
+
+# Migrates, creates the cache table, seeds the demo tenant once, prints the admin URL and login, then serves on
+# PORT (default 8000) with a worker and beat. Ctrl-C stops all three.
+run: $(INSTALLED) .env
+	$(PY) -m portal.runall
+
+test: $(INSTALLED)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(INSTALLED)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(INSTALLED)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
