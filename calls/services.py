@@ -50,14 +50,17 @@ def ingest(pbx_connection: PbxConnection, events: Sequence[NormalisedEvent]) -> 
     return calls
 
 
-def _lock_call(pbx_connection: PbxConnection, provider_call_id: str) -> Call:
-    call, _ = Call.objects.get_or_create(
+def _lock_call(pbx_connection: PbxConnection, provider_call_id: str) -> tuple[Call, bool]:
+    call, created = Call.objects.get_or_create(
         pbx_connection=pbx_connection,
         provider_call_id=provider_call_id,
         defaults={"tenant_id": pbx_connection.tenant_id},
     )
-    # Serialises concurrent webhooks of one call (PostgreSQL); SQLite serialises writers anyway.
-    return Call.objects.select_for_update().get(pk=call.pk)
+    if not created:
+        # Serialises concurrent webhooks of one call (PostgreSQL); SQLite serialises writers anyway.
+        call = Call.objects.select_for_update().get(pk=call.pk)
+    call.pbx_connection = pbx_connection
+    return call, created
 
 
 def _store_events(
@@ -95,13 +98,14 @@ def _store_events(
 
 
 def stored_events(call: Call) -> list[NormalisedEvent]:
-    return [NormalisedEvent.from_record(e.normalised) for e in call.events.order_by("order_key", "id")]
+    # raw too: recompute() reads an adapter's `_note` from it (Call.completion_note).
+    return [NormalisedEvent.from_record(e.normalised, e.raw) for e in call.events.order_by("order_key", "id")]
 
 
 def _ingest_call(
     pbx_connection: PbxConnection, provider_call_id: str, events: Sequence[NormalisedEvent]
 ) -> Call:
-    call = _lock_call(pbx_connection, provider_call_id)
+    call, created = _lock_call(pbx_connection, provider_call_id)
     new = _store_events(pbx_connection, call, events)
     if not new:
         return call
@@ -111,7 +115,8 @@ def _ingest_call(
     recompute(call, all_events, adapter)
     _attach_originate_request(call, all_events)
     call.save()
-    _attach_routing_decision(call)
+    if created:  # a decision made before the call existed is looked for once, with its first events
+        _attach_routing_decision(call)
     if call.final_for_crm and not before.final_for_crm:
         _expect_recording(call, all_events)
     outbox.create_jobs(pbx_connection, adapter.jobs_after_ingest(call, new), call)
@@ -245,7 +250,7 @@ def _attach_originate_request(call: Call, events: Sequence[NormalisedEvent]) -> 
 
 def _attach_routing_decision(call: Call) -> None:
     """A PBX may ask "whose caller" before the call exists: attach that decision to the call it was for."""
-    if call.direction != Call.IN or call.routing_decisions.exists() or not call.started_at:
+    if call.direction != Call.IN or not call.started_at:
         return
     by_id = RoutingDecision.objects.filter(
         pbx_connection=call.pbx_connection, call__isnull=True, provider_call_id=call.provider_call_id
@@ -436,7 +441,10 @@ def originate(
     try:
         result = get_provider(pbx).originate(request)
     except ProviderError as exc:
-        code = "pbx_refused" if exc.permanent or exc.status else "pbx_unreachable"
+        refused = exc.permanent or (
+            exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429)
+        )
+        code = "pbx_refused" if refused else "pbx_unreachable"
         OriginateRequest.objects.filter(pk=request.pk).update(
             status=OriginateRequest.FAILED, error=str(exc)[:2000]
         )
@@ -474,6 +482,10 @@ def _attach_early_call(request: OriginateRequest) -> None:
     if event is not None:
         Call.objects.filter(pk=event.call_id, originate_request__isnull=True).update(
             originate_request=request
+        )
+        # As _attach_originate_request does when the events come second: the call is the extension's.
+        Call.objects.filter(pk=event.call_id, initiating_extension="").update(
+            initiating_extension=request.extension
         )
         OriginateRequest.objects.filter(pk=request.pk).update(call_id=event.call_id)
 
