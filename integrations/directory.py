@@ -1,0 +1,90 @@
+"""Importing a tenant's extensions from its PBX directory (the admin action "Import extensions from PBX").
+
+Provider-neutral: the PBX adapter lists the directory (`list_extensions()`, e.g. Rostelecom `users_info`); this
+module creates or updates the tenant's Extensions from it. Extensions the PBX no longer lists are kept: they may
+still be mapped to CRM users or named in old calls, and deleting is the admin's decision.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+
+from integrations.models import Extension, PbxConnection
+from integrations.phones import is_extension
+from integrations.providers.base import get_provider
+
+logger = logging.getLogger("callbridge.directory")
+
+
+def _clean_email(value: str) -> str:
+    value = (value or "").strip()
+    if not value:
+        return ""
+    try:
+        validate_email(value)
+    except ValidationError:
+        return ""
+    return value
+
+
+def import_extensions(pbx_connection: PbxConnection) -> dict[str, Any]:
+    """Create or update the tenant's Extensions from the PBX directory.
+
+    Returns counts `created`, `updated`, `unchanged`, `skipped` (entries whose number is not an extension) and
+    the numbers in `created_numbers` / `updated_numbers` for the admin message. A name or e-mail the PBX leaves
+    empty does not erase the one typed in the portal. Raises the adapter's ProviderError (or the HTTP client's
+    OutboundError) when the PBX cannot be asked; nothing is changed then.
+    """
+    entries = get_provider(pbx_connection).list_extensions()
+    report: dict[str, Any] = {
+        "created": 0,
+        "updated": 0,
+        "unchanged": 0,
+        "skipped": 0,
+        "created_numbers": [],
+        "updated_numbers": [],
+    }
+    seen: set[str] = set()
+    with transaction.atomic():
+        existing = {e.number: e for e in Extension.objects.filter(tenant_id=pbx_connection.tenant_id)}
+        for entry in entries:
+            number = (entry.number or "").strip()
+            if not is_extension(number) or number in seen:
+                report["skipped"] += 1
+                continue
+            seen.add(number)
+            name = (entry.name or "").strip()[:200]
+            email = _clean_email(entry.email)
+            current = existing.get(number)
+            if current is None:
+                Extension.objects.create(
+                    tenant_id=pbx_connection.tenant_id, number=number, name=name, email=email
+                )
+                report["created"] += 1
+                report["created_numbers"].append(number)
+                continue
+            changes = {}
+            if name and name != current.name:
+                changes["name"] = name
+            if email and email != current.email:
+                changes["email"] = email
+            if changes:
+                Extension.objects.filter(pk=current.pk).update(**changes)
+                report["updated"] += 1
+                report["updated_numbers"].append(number)
+            else:
+                report["unchanged"] += 1
+    logger.info(
+        "directory import for %s: %s created, %s updated, %s unchanged, %s skipped",
+        pbx_connection,
+        report["created"],
+        report["updated"],
+        report["unchanged"],
+        report["skipped"],
+    )
+    return report
