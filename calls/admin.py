@@ -8,11 +8,9 @@ integrations.admin_scoping: support and admins of a tenant see its calls, anyone
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-import importlib.util
 import json
 import zoneinfo
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from django.contrib import admin, messages
@@ -26,6 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from calls import outbox, services
 from calls.models import (
     Call,
     CallEvent,
@@ -50,13 +49,6 @@ PHONE_PUNCTUATION = set("+-() .")
 def scope_tenants(request: HttpRequest) -> QuerySet[Tenant]:
     tenants = Tenant.objects.order_by()
     return tenants if is_superuser(request) else tenants.filter(pk__in=readable_tenant_ids(request))
-
-
-def optional_service(module: str, name: str) -> Callable[..., Any] | None:
-    """A pipeline function the admin offers when the pipeline provides it."""
-    if importlib.util.find_spec(module) is None:
-        return None
-    return getattr(importlib.import_module(module), name, None)
 
 
 def pretty_json(value: Any) -> SafeString:
@@ -343,13 +335,9 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Resend to CRM", permissions=["operate"])
     def resend_to_crm(self, request: HttpRequest, queryset: QuerySet) -> None:
-        resend = optional_service("calls.services", "resend_to_crm")
-        if resend is None:
-            self.message_user(request, "Resending is not available in this version.", messages.ERROR)
-            return
         allowed = self.operable_queryset(request, queryset)
         skipped = queryset.count() - allowed.count()
-        jobs = sum(resend(call) or 0 for call in allowed)
+        jobs = sum(services.resend_to_crm(call) for call in allowed)
         self.message_user(request, f"Queued {jobs} message(s) to CRMs for {allowed.count()} call(s).")
         if skipped:
             self.message_user(
@@ -426,14 +414,10 @@ class OutboundJobAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Retry now (failed or dead jobs)", permissions=["operate"])
     def retry_now(self, request: HttpRequest, queryset: QuerySet) -> None:
-        retry = optional_service("calls.outbox", "retry_now")
-        if retry is None:
-            self.message_user(request, "Retrying is not available in this version.", messages.ERROR)
-            return
         allowed = self.operable_queryset(request, queryset)
         retryable = allowed.filter(status__in=[OutboundJob.FAILED, OutboundJob.DEAD])
         ignored = queryset.count() - retryable.count()
-        count = retry(retryable)
+        count = outbox.retry_now(retryable)
         self.message_user(request, f"{count} job(s) queued to be sent again now.")
         if ignored:
             self.message_user(

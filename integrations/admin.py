@@ -26,6 +26,7 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from integrations import directory
 from integrations.admin_scoping import (
     SameTenantInlineFormSet,
     TenantScopedAdminMixin,
@@ -555,7 +556,19 @@ def announce_token(request: HttpRequest, obj: Connection, name: str) -> None:
 
 @admin.register(PbxConnection)
 class PbxConnectionAdmin(ConnectionAdmin):
-    pass
+    actions = ["import_extensions"]
+
+    @admin.action(description="Import extensions from PBX", permissions=["operate"])
+    def import_extensions(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for connection in self.operable_queryset(request, queryset).select_related("tenant"):
+            try:
+                report = directory.import_extensions(connection)
+            except Exception as exc:  # ProviderError / OutboundError: the PBX could not be asked
+                self.message_user(
+                    request, f"{connection}: the PBX directory could not be read: {exc}", messages.ERROR
+                )
+                continue
+            self.message_user(request, f"{connection}: {directory.describe(report)}")
 
 
 @admin.register(CrmConnection)

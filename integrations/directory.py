@@ -88,3 +88,16 @@ def import_extensions(pbx_connection: PbxConnection) -> dict[str, Any]:
         report["skipped"],
     )
     return report
+
+
+def describe(report: dict[str, Any]) -> str:
+    """One line for the admin: what the import changed."""
+    parts = [
+        f"{report['created']} created",
+        f"{report['updated']} updated",
+        f"{report['unchanged']} unchanged",
+    ]
+    if report["skipped"]:
+        parts.append(f"{report['skipped']} skipped (not extensions)")
+    numbers = report["created_numbers"] + report["updated_numbers"]
+    return ", ".join(parts) + (f": {', '.join(numbers[:30])}" if numbers else "")
