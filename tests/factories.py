@@ -25,7 +25,7 @@ class UserFactory(factory.django.DjangoModelFactory):
     username = factory.Sequence(lambda n: f"user{n}")
     email = factory.LazyAttribute(lambda u: f"{u.username}@example.test")
     is_staff = True
-    password = factory.PostGenerationMethodCall("set_password", "pw-Secret-123")
+    password = factory.django.Password("pw-Secret-123")
 
 
 class TenantFactory(factory.django.DjangoModelFactory):
