@@ -9,10 +9,9 @@ A provider instance wraps one connection (`PbxConnection` or `CrmConnection`): `
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hmac
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -447,13 +446,60 @@ class CrmProvider(Provider):
         return []
 
 
-def replace(obj: Any, **changes: Any) -> Any:
-    return dataclasses.replace(obj, **changes)
-
-
-def first(items: Iterable[Any], predicate: Callable[[Any], bool]) -> Any:
-    return next((i for i in items if predicate(i)), None)
-
-
 def public_base_url() -> str:
     return django_settings.PUBLIC_BASE_URL.rstrip("/")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers shared by CRM adapters (form-speaking CRMs: Planfix, WireCRM)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def extension_from(value: Any) -> str:
+    """The extension a CRM names in a click-to-call: '101', ' 101 ', '101@pbx.example', 'sip:101@pbx.example'
+    → '101'. '' when what remains is not an extension (2 to 6 digits): never parsed as a phone number."""
+    from integrations.phones import is_extension
+
+    text = str(value or "").strip()
+    if text.lower().startswith(("sip:", "sips:")):
+        text = text.split(":", 1)[1]
+    text = text.split("@", 1)[0].strip()
+    return text if is_extension(text) else ""
+
+
+def form_data(request: Request) -> Any:
+    """The parsed form of an inbound request (a QueryDict). A body the provider's parsers refuse (wrong
+    content type, broken multipart) is the provider's own 400, not a server error."""
+    from rest_framework.exceptions import ParseError, UnsupportedMediaType
+
+    try:
+        return request.data
+    except (ParseError, UnsupportedMediaType) as exc:
+        raise WebhookInputError("Invalid parameters") from exc
+
+
+def post_form(
+    url: str,
+    fields: dict[str, str],
+    *,
+    secrets: Iterable[str],
+    multipart: bool = False,
+    timeout: float | tuple[float, float] | None = None,
+) -> Any:
+    """POST flat form fields through the one HTTP client: application/x-www-form-urlencoded, or, with
+    `multipart`, multipart/form-data parts without file names (what a PHP receiver reads as $_POST).
+    Returns the 2xx response; raises integrations.http.OutboundError otherwise."""
+    from integrations import http
+
+    options: dict[str, Any] = {"secrets": secrets}
+    if timeout is not None:
+        options["timeout"] = timeout
+    if multipart:
+        # (None, value) makes requests write a plain form part: no filename, no per-part content type.
+        return http.request("POST", url, files={k: (None, str(v)) for k, v in fields.items()}, **options)
+    return http.request("POST", url, data=fields, **options)
+
+
+def local_timestamp(moment: dt.datetime | None, tz: dt.tzinfo) -> str:
+    """'YYYY-MM-DD HH:MM:SS' in the tenant's time zone (CRMs that take a wall-clock time); '' when unknown."""
+    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
