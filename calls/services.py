@@ -117,7 +117,8 @@ def _ingest_call(
     call.save()
     if created:  # a decision made before the call existed is looked for once, with its first events
         _attach_routing_decision(call)
-    if call.final_for_crm and not before.final_for_crm:
+    if call.final_for_crm:
+        # Also after the call became final: a PBX may announce a recording late (Mango record/added).
         _expect_recording(call, all_events)
     outbox.create_jobs(pbx_connection, adapter.jobs_after_ingest(call, new), call)
     if call.is_external:
@@ -286,6 +287,8 @@ def compute_notices(
             if event.location in {"ivr", "queue"}:
                 continue
             if event.kind == "ringing" and call.direction == Call.IN:
+                if _leg_moved_on(event, events):
+                    continue  # a late ringing of a leg that was already answered or ended opens no card
                 targets = _unique([event.extension, *event.extensions])
                 if not targets:
                     routed = call.routing_decisions.exclude(extension="").order_by("-created_at").first()
@@ -311,6 +314,12 @@ def compute_notices(
                     notices.append(Notice("leg_cancelled", last + CANCEL_SUFFIX, ext))
         notices.append(Notice("completed", last + COMPLETED_SUFFIX, call.responsible_extension))
     return notices
+
+
+def _leg_moved_on(event: NormalisedEvent, events: Sequence[NormalisedEvent]) -> bool:
+    return bool(event.leg_id) and any(
+        e.leg_id == event.leg_id and e.order_key > event.order_key and e.kind != "unknown" for e in events
+    )
 
 
 def _first_order_key(events: Sequence[NormalisedEvent]) -> str:

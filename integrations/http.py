@@ -114,6 +114,7 @@ class OutboundError(Exception):
         status: int | None = None,
         body: str = "",
         retry_after: float | None = None,
+        location: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -124,6 +125,9 @@ class OutboundError(Exception):
         self.status = status
         self.body = body
         self.retry_after = retry_after
+        # A redirect that was not followed (allow_redirects=False): where it pointed, absolute. Some APIs answer
+        # with a temporary download link this way (Mango queries/recording/post); never logged.
+        self.location = location
 
     @property
     def transient(self) -> bool:
@@ -790,6 +794,9 @@ class HttpClient:
             status=status,
             body=body,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            location=urljoin(response.url or "", response.headers.get("Location", ""))
+            if 300 <= status < 400 and response.headers.get("Location")
+            else "",
         )
 
     def _read(

@@ -144,3 +144,14 @@ def test_credentials_are_stripped_from_stored_payloads(pbx):
     )
     raw = CallEvent.objects.get().raw
     assert raw["sign"] == "***" and raw["note"] == "***"
+
+
+def test_a_late_ringing_of_a_leg_that_moved_on_opens_no_card(pbx, crm, extensions):
+    from dataclasses import replace
+
+    answered = replace(to_event({"call": "l1", "kind": "answered", "seq": 5, "ext": "101"}), leg_id="leg-1")
+    ringing = replace(to_event({"call": "l1", "kind": "ringing", "seq": 1, "ext": "101"}), leg_id="leg-1")
+    ingest(pbx, [answered])
+    ingest(pbx, [ringing])
+    kinds = [j.payload["notice"] for j in OutboundJob.objects.filter(crm_connection=crm)]
+    assert kinds == ["answered"]
