@@ -8,21 +8,24 @@ bounded synchronous fetch, else 404 with Retry-After; purged: 410; unavailable o
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import logging
 import re
-from collections.abc import Iterator
-from typing import IO
+import time
+from collections.abc import Iterable
+from typing import IO, Any
 
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
-from django.utils.http import http_date, parse_http_date_safe
+from django.utils.http import http_date, parse_etags, parse_http_date_safe
 from django.views.decorators.http import require_http_methods
 
 from calls.models import PlaybackLog, Recording
 from calls.recordings import storage, try_fetch_now
 from integrations.models import CrmConnection
-from integrations.providers.base import get_provider
+from integrations.providers.base import UnknownProvider, get_provider
 
 logger = logging.getLogger("callbridge.records")
 
@@ -32,25 +35,78 @@ _PERIODS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 
 
 
 def client_address(request: HttpRequest) -> str:
-    return request.META.get("REMOTE_ADDR", "") or ""
+    """The address the throttle counts and the audit log shows. Behind a reverse proxy REMOTE_ADDR is the
+    proxy's, which would put every CRM in one throttle bucket; so when REMOTE_ADDR lies in the optional
+    TRUSTED_PROXY_NETWORKS, X-Forwarded-For is read from the right, skipping trusted hops (the left part is
+    whatever the client chose to send)."""
+    remote = request.META.get("REMOTE_ADDR", "") or ""
+    trusted = getattr(settings, "TRUSTED_PROXY_NETWORKS", None) or ()
+    if not trusted or not _in_networks(remote, trusted):
+        return remote
+    address = remote
+    for hop in reversed(request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")):
+        hop = hop.strip()
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break  # a forged or broken entry: keep the last hop a trusted proxy vouched for
+        address = hop
+        if not _in_networks(hop, trusted):
+            break
+    return address
+
+
+def _in_networks(address: str, networks: Iterable[Any]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(
+        ip.version == ipaddress.ip_network(n).version and ip in ipaddress.ip_network(n) for n in networks
+    )
+
+
+def _valid_ip(address: str) -> str | None:
+    # PostgreSQL's inet column refuses anything else (a unix-socket server may give an empty REMOTE_ADDR).
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
+
+
+def _now() -> float:
+    return time.time()
 
 
 def throttled(address: str) -> bool:
-    """RECORDS_THROTTLE per client address, counted on the shared cache (every process together)."""
+    """RECORDS_THROTTLE per client address, counted on the shared cache (every process together).
+
+    A fixed window whose number is part of the key: the count resets when the window ends whatever the cache
+    backend does to expiry times (the database cache's incr() rewrites the entry with the default timeout, so
+    a key-per-address counter would never reset for a steady client, or reset early for a long period).
+    """
     count, period = settings.RECORDS_THROTTLE.split("/")
     seconds = _PERIODS[period]
-    key = f"records:throttle:{address}"
-    cache.add(key, 0, seconds)
+    window = int(_now() // seconds)
+    key = f"records:throttle:{address}:{window}"
+    if cache.add(key, 1, seconds + 1):
+        return int(count) < 1
     try:
-        return cache.incr(key) > int(count)
+        current = cache.incr(key)
     except ValueError:  # expired between add and incr
-        cache.set(key, 1, seconds)
-        return False
+        cache.set(key, 1, seconds + 1)
+        return int(count) < 1
+    cache.touch(key, seconds + 1)
+    return current > int(count)
 
 
 def _client_id_allowed(recording: Recording, client_id: str) -> bool:
     for crm in CrmConnection.objects.filter(tenant_id=recording.call.tenant_id, active=True):
-        if get_provider(crm).accepts_playback_client_id(client_id):
+        try:
+            adapter = get_provider(crm)
+        except UnknownProvider:
+            continue
+        if adapter.accepts_playback_client_id(client_id):
             return True
     return False
 
@@ -65,7 +121,7 @@ def _plain(status: int, text: str, retry_after: int | None = None) -> HttpRespon
 def _log(recording: Recording, request: HttpRequest, status: int) -> None:
     PlaybackLog.objects.create(
         recording=recording,
-        address=client_address(request) or None,
+        address=_valid_ip(client_address(request)),
         user_agent=request.headers.get("User-Agent", "")[:300],
         status=status,
         client_id_used="clientId" in request.GET,
@@ -73,8 +129,8 @@ def _log(recording: Recording, request: HttpRequest, status: int) -> None:
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
-    """(start, end) inclusive for one satisfiable byte range; None to serve the whole file (no header, or
-    several ranges); "unsatisfiable" for a range outside the file."""
+    """(start, end) inclusive for one satisfiable byte range; None to serve the whole file (no header, an
+    invalid one, or several ranges); "unsatisfiable" for a range outside the file."""
     match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header or "")
     if not match:
         return None
@@ -88,23 +144,36 @@ def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
         return max(0, size - length), size - 1
     start = int(first)
     end = int(last) if last else size - 1
-    if start >= size or end < start:
+    if last and end < start:
+        return None  # an invalid range is ignored (RFC 9110 §14.1.1), not refused
+    if start >= size:
         return "unsatisfiable"
     return start, min(end, size - 1)
 
 
-def _stream(handle: IO[bytes], start: int, length: int) -> Iterator[bytes]:
-    try:
+class FileRange:
+    """The streamed body: `length` bytes from `start`, read a chunk at a time. StreamingHttpResponse calls
+    close() when the response ends, even if the client went away before the first chunk."""
+
+    def __init__(self, handle: IO[bytes], start: int, length: int) -> None:
+        self.handle = handle
+        self.remaining = length
         handle.seek(start)
-        remaining = length
-        while remaining > 0:
-            chunk = handle.read(min(CHUNK, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            yield chunk
-    finally:
-        handle.close()
+
+    def __iter__(self) -> FileRange:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.remaining <= 0:
+            raise StopIteration
+        chunk = self.handle.read(min(CHUNK, self.remaining))
+        if not chunk:
+            raise StopIteration
+        self.remaining -= len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 @require_http_methods(["GET", "HEAD"])
@@ -137,35 +206,66 @@ def _reload(recording: Recording) -> bool:
     return recording.state == Recording.STORED
 
 
+def _etag(recording: Recording, size: int) -> str:
+    # Derived from, but not revealing, the token: the ETag may end up in caches and logs the link never saw.
+    stamp = recording.stored_at.isoformat() if recording.stored_at else ""
+    digest = hashlib.sha256(f"{recording.token}:{size}:{stamp}".encode()).hexdigest()[:32]
+    return f'"{digest}"'
+
+
+def _not_modified(request: HttpRequest, etag: str, last_modified: int | None) -> bool:
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        wanted = {tag.removeprefix("W/") for tag in parse_etags(if_none_match)}
+        return "*" in wanted or etag in wanted
+    since = parse_http_date_safe(request.headers.get("If-Modified-Since", ""))
+    return last_modified is not None and since is not None and since >= last_modified
+
+
 def _serve(request: HttpRequest, recording: Recording) -> HttpResponse:
-    size = recording.size if recording.size is not None else storage().size(recording.file)
-    etag = f'"{recording.token[:16]}-{size}-{int(recording.stored_at.timestamp()) if recording.stored_at else 0}"'
+    try:
+        size = recording.size if recording.size is not None else storage().size(recording.file)
+        handle = storage().open(recording.file, "rb") if request.method == "GET" else None
+    except (FileNotFoundError, OSError) as exc:
+        logger.error("records: recording %s is stored but its file is missing: %s", recording.pk, exc)
+        _log(recording, request, 404)
+        return _plain(404, "Not found")
+    etag = _etag(recording, size)
     last_modified = int(recording.stored_at.timestamp()) if recording.stored_at else None
     headers = {"Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": "private, max-age=3600"}
     if last_modified is not None:
         headers["Last-Modified"] = http_date(last_modified)
-    if request.headers.get("If-None-Match") == etag or (
-        last_modified is not None
-        and "If-None-Match" not in request.headers
-        and (parse_http_date_safe(request.headers.get("If-Modified-Since", "")) or -1) >= last_modified
-    ):
-        _log(recording, request, 304)
-        return HttpResponse(status=304, headers=headers)
-    wanted = parse_range(request.headers.get("Range", ""), size)
-    if request.headers.get("If-Range") not in (None, etag):
-        wanted = None
-    if wanted == "unsatisfiable":
-        _log(recording, request, 416)
-        return HttpResponse(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
-    start, end = wanted if isinstance(wanted, tuple) else (0, size - 1)
-    length = max(0, end - start + 1)
-    status = 206 if isinstance(wanted, tuple) else 200
-    headers["Content-Length"] = str(length)
-    if status == 206:
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    content_type = recording.content_type or "audio/mpeg"
+    status, start, end = 200, 0, size - 1
+    if _not_modified(request, etag, last_modified):
+        status = 304
+    else:
+        wanted = parse_range(request.headers.get("Range", ""), size)
+        if request.headers.get("If-Range") not in (None, etag):
+            wanted = None  # the client's partial copy is of another version: send the whole file
+        if wanted == "unsatisfiable":
+            status = 416
+            headers["Content-Range"] = f"bytes */{size}"
+        elif isinstance(wanted, tuple):
+            status, (start, end) = 206, wanted
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     _log(recording, request, status)
-    if request.method == "HEAD":
-        return HttpResponse(status=status, headers=headers, content_type=content_type)
-    body = _stream(storage().open(recording.file, "rb"), start, length)
-    return StreamingHttpResponse(body, status=status, headers=headers, content_type=content_type)
+    if status in (304, 416) or handle is None:
+        if handle is not None:
+            handle.close()
+        if status in (200, 206):  # HEAD: the headers a GET would have
+            headers["Content-Length"] = str(max(0, end - start + 1))
+        return HttpResponse(status=status, headers=headers, content_type=_content_type(recording, status))
+    length = max(0, end - start + 1)
+    headers["Content-Length"] = str(length)
+    return StreamingHttpResponse(
+        FileRange(handle, start, length),
+        status=status,
+        headers=headers,
+        content_type=_content_type(recording),
+    )
+
+
+def _content_type(recording: Recording, status: int = 200) -> str:
+    if status in (304, 416):
+        return "text/plain; charset=utf-8"
+    return recording.content_type or "audio/mpeg"
