@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from calls import outbox, services
+from calls import outbox, recordings, services
 from calls.models import (
     Call,
     CallEvent,
@@ -236,7 +236,7 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     search_fields = ("provider_call_id",)
     search_help_text = "A phone number in any form, an extension or the PBX's call id."
     list_select_related = ("tenant", "pbx_connection", "recording")
-    actions = ["resend_to_crm"]
+    actions = ["resend_to_crm", "fetch_recording_again"]
     fieldsets = (
         (
             None,
@@ -283,9 +283,12 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                 )
             },
         ),
-        ("Recording", {"fields": ("recording_expected", "recording_state", "recording_link")}),
+        (
+            "Recording",
+            {"fields": ("recording_expected", "recording_state", "recording_link", "recording_player")},
+        ),
     )
-    readonly_fields = ("extension", "recording_state", "recording_link")
+    readonly_fields = ("extension", "recording_state", "recording_link", "recording_player")
     inlines = [CallEventInline, RoutingDecisionInline, OutboundJobInline]
 
     def get_search_results(
@@ -332,6 +335,27 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             return "purged by retention"
         # The permanent link works once the file is stored; it is the one CRMs received.
         return format_html('<a href="{0}" target="_blank" rel="noopener">{0}</a>', recording.public_url)
+
+    @admin.display(description="Listen")
+    def recording_player(self, obj: Call) -> SafeString | str:
+        recording = getattr(obj, "recording", None) if obj.pk else None
+        if recording is None or recording.state != Recording.STORED:
+            return "—"
+        return format_html(
+            '<audio controls preload="none" src="{}" type="{}"></audio>',
+            recording.public_url,
+            recording.content_type or "audio/mpeg",
+        )
+
+    @admin.action(description="Fetch the recording again", permissions=["operate"])
+    def fetch_recording_again(self, request: HttpRequest, queryset: QuerySet) -> None:
+        queued = 0
+        for call in self.operable_queryset(request, queryset).filter(recording__isnull=False):
+            if recordings.fetch_again(call.recording) is not None:
+                queued += 1
+        self.message_user(
+            request, f"{queued} recording fetch(es) queued; stored or purged recordings are left alone."
+        )
 
     @admin.action(description="Resend to CRM", permissions=["operate"])
     def resend_to_crm(self, request: HttpRequest, queryset: QuerySet) -> None:

@@ -9,6 +9,7 @@ fresh laptop needs no server.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import sys
@@ -144,14 +145,20 @@ OUTBOX_TIME_SCALE = _positive("OUTBOX_TIME_SCALE", _get("OUTBOX_TIME_SCALE", env
 
 # Outbound HTTP
 OUTBOUND_ALLOW_PRIVATE_NETWORKS = _bool("OUTBOUND_ALLOW_PRIVATE_NETWORKS", False)
-try:
-    OUTBOUND_ALLOWED_NETWORKS = [
-        ipaddress.ip_network(n.strip(), strict=False)
-        for n in env.list("OUTBOUND_ALLOWED_NETWORKS", default=[])
-        if n.strip()
-    ]
-except ValueError as exc:
-    raise ImproperlyConfigured(f"OUTBOUND_ALLOWED_NETWORKS: {exc}") from exc
+
+
+def _networks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        return [
+            ipaddress.ip_network(n.strip(), strict=False) for n in env.list(name, default=[]) if n.strip()
+        ]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from exc
+
+
+OUTBOUND_ALLOWED_NETWORKS = _networks("OUTBOUND_ALLOWED_NETWORKS")
+# Reverse proxies whose X-Forwarded-For is believed (recording-link throttle and audit log); empty = none.
+TRUSTED_PROXY_NETWORKS = _networks("TRUSTED_PROXY_NETWORKS")
 OUTBOUND_CA_BUNDLE = _get("OUTBOUND_CA_BUNDLE", env.str, "")
 if OUTBOUND_CA_BUNDLE and not Path(OUTBOUND_CA_BUNDLE).is_file():
     raise ImproperlyConfigured(f"OUTBOUND_CA_BUNDLE: no such file {OUTBOUND_CA_BUNDLE!r}")
@@ -161,6 +168,12 @@ RECORDINGS_DIR = Path(_get("RECORDINGS_DIR", env.str, str(VAR_DIR / "recordings"
 RECORDINGS_STORAGE_BACKEND = _get(
     "RECORDINGS_STORAGE_BACKEND", env.str, "django.core.files.storage.FileSystemStorage"
 )
+try:
+    RECORDINGS_STORAGE_OPTIONS = json.loads(_get("RECORDINGS_STORAGE_OPTIONS", env.str, "") or "{}")
+except ValueError as exc:
+    raise ImproperlyConfigured(f"RECORDINGS_STORAGE_OPTIONS: not JSON ({exc})") from exc
+if not isinstance(RECORDINGS_STORAGE_OPTIONS, dict):
+    raise ImproperlyConfigured("RECORDINGS_STORAGE_OPTIONS: must be a JSON object")
 RECORDING_MAX_BYTES = int(
     _positive("RECORDING_MAX_BYTES", _get("RECORDING_MAX_BYTES", env.int, 50 * 1024 * 1024))
 )
@@ -313,9 +326,11 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "recordings": {
         "BACKEND": RECORDINGS_STORAGE_BACKEND,
-        "OPTIONS": {"location": str(RECORDINGS_DIR)}
-        if RECORDINGS_STORAGE_BACKEND.endswith("FileSystemStorage")
-        else {},
+        "OPTIONS": (
+            {"location": str(RECORDINGS_DIR), **RECORDINGS_STORAGE_OPTIONS}
+            if RECORDINGS_STORAGE_BACKEND.endswith("FileSystemStorage")
+            else RECORDINGS_STORAGE_OPTIONS
+        ),
     },
 }
 # One-time tokens shown to admins travel in messages: keep them server-side, not in a cookie.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 
 import pytest
 from django.contrib.messages import get_messages
@@ -85,13 +84,6 @@ def call_list(client, **params) -> list[Call]:
 
 def messages_of(response) -> list[str]:
     return [str(m) for m in get_messages(response.wsgi_request)]
-
-
-def pipeline_function(module: str, name: str):
-    function = getattr(importlib.import_module(module), name, None)
-    if function is None:
-        pytest.skip(f"{module}.{name} is not there yet")
-    return function
 
 
 # ---- scoping ----
@@ -242,7 +234,6 @@ def make_fetch_job(call: Call, status: str) -> OutboundJob:
 
 
 def test_retry_now_puts_a_failed_job_back_in_the_queue(world, calls):
-    pipeline_function("calls.outbox", "retry_now")
     job = make_fetch_job(calls[0], status=OutboundJob.DEAD)
     sent = make_fetch_job(calls[1], status=OutboundJob.SENT)
     response = post_action(client_for(world.admin_a), "outboundjob", "retry_now", [job, sent])
@@ -255,7 +246,6 @@ def test_retry_now_puts_a_failed_job_back_in_the_queue(world, calls):
 
 
 def test_retry_now_leaves_tenants_the_user_only_reads_alone(world, calls):
-    pipeline_function("calls.outbox", "retry_now")
     job = make_fetch_job(calls[0], status=OutboundJob.DEAD)
     world.admin_b.tenant_memberships.create(tenant=world.tenant_a, role="support")
     post_action(client_for(world.admin_b), "outboundjob", "retry_now", [job])
@@ -264,7 +254,6 @@ def test_retry_now_leaves_tenants_the_user_only_reads_alone(world, calls):
 
 
 def test_support_cannot_retry(world, calls):
-    pipeline_function("calls.outbox", "retry_now")
     job = make_fetch_job(calls[0], status=OutboundJob.FAILED)
     client = client_for(world.support_a)
     response = client.get(reverse("admin:calls_outboundjob_changelist"))
@@ -275,7 +264,6 @@ def test_support_cannot_retry(world, calls):
 
 
 def test_resend_to_crm_is_offered_to_tenant_admins_only(world, calls):
-    pipeline_function("calls.services", "resend_to_crm")
     admin_page = client_for(world.admin_a).get(reverse("admin:calls_call_changelist")).content.decode()
     support_page = client_for(world.support_a).get(reverse("admin:calls_call_changelist")).content.decode()
     assert "resend_to_crm" in admin_page
@@ -283,7 +271,6 @@ def test_resend_to_crm_is_offered_to_tenant_admins_only(world, calls):
 
 
 def test_resend_to_crm_acts_on_the_selected_calls(world, calls):
-    pipeline_function("calls.services", "resend_to_crm")
     response = post_action(client_for(world.admin_a), "call", "resend_to_crm", [calls[0]])
     assert any("for 1 call(s)" in text for text in messages_of(response))
 
@@ -293,3 +280,25 @@ def test_superuser_may_delete_a_tenant_with_its_call_history(world, calls):
     delete = reverse("admin:integrations_tenant_delete", args=[world.tenant_b.pk])
     assert client.post(delete, {"post": "yes"}).status_code == 302
     assert not Call.objects.filter(tenant_id=world.tenant_b.pk).exists()
+
+
+def test_stored_recording_has_a_player_and_unstored_one_can_be_fetched_again(world, calls):
+    stored = Recording.objects.create(
+        call=calls[0], state=Recording.STORED, content_type="audio/mpeg", size=10
+    )
+    page = client_for(world.support_a).get(call_url(calls[0])).content.decode()
+    assert f'<audio controls preload="none" src="{stored.public_url}"' in page
+    waiting = Recording.objects.create(call=calls[1], state=Recording.UNAVAILABLE, reason="HTTP 404")
+    response = post_action(client_for(world.admin_a), "call", "fetch_recording_again", [calls[0], calls[1]])
+    assert any("1 recording fetch(es) queued" in text for text in messages_of(response))
+    waiting.refresh_from_db()
+    assert waiting.state == Recording.EXPECTED
+    assert OutboundJob.objects.filter(
+        kind="recording.fetch", call=calls[1], status=OutboundJob.PENDING
+    ).exists()
+
+
+def test_support_cannot_fetch_recordings_again(world, calls):
+    Recording.objects.create(call=calls[1], state=Recording.UNAVAILABLE)
+    post_action(client_for(world.support_a), "call", "fetch_recording_again", [calls[1]])
+    assert not OutboundJob.objects.filter(kind="recording.fetch").exists()
