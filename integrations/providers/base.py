@@ -437,6 +437,10 @@ class CrmProvider(Provider):
     def answers_routing(self, query: RoutingQuery) -> bool:
         return True
 
+    # Admin actions the provider offers on its connections: name → (description, dotted path of a function
+    # taking the connection and returning a one-line report for the admin message).
+    admin_operations: ClassVar[dict[str, tuple[str, str]]] = {}
+
     def accepts_playback_client_id(self, client_id: str) -> bool:
         """Whether a recording link fetched with ?clientId=… is this CRM's (RetailCRM plays them that way)."""
         return False
@@ -503,3 +507,31 @@ def post_form(
 def local_timestamp(moment: dt.datetime | None, tz: dt.tzinfo) -> str:
     """'YYYY-MM-DD HH:MM:SS' in the tenant's time zone (CRMs that take a wall-clock time); '' when unknown."""
     return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+def routing_answer_from_json(response: Any, name_key: str, extension_key: str) -> RoutingAnswer | None:
+    """A CRM's JSON routing answer: the caller's name under `name_key`, the responsible extension under
+    `extension_key` (a JSON number or a string). Anything that is not an extension is dropped with a log line;
+    an empty, non-JSON or nameless answer is no answer."""
+    import logging
+
+    from integrations.phones import is_extension
+
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    name = data.get(name_key)
+    name = name.strip() if isinstance(name, str) else ""
+    raw = data.get(extension_key)
+    extension = str(raw).strip() if isinstance(raw, int | str) and not isinstance(raw, bool) else ""
+    if extension and not is_extension(extension):
+        logging.getLogger("callbridge.routing").warning(
+            "routing: %s %r is not an extension; ignored", extension_key, extension[:20]
+        )
+        extension = ""
+    if not (name or extension):
+        return None
+    return RoutingAnswer(extension=extension, display_name=name)

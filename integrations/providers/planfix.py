@@ -28,7 +28,7 @@ from calls import services
 from calls.models import Call, OutboundJob, Recording
 from integrations.http import OutboundError
 from integrations.models import ExternalPhone
-from integrations.phones import digits_only, is_extension
+from integrations.phones import digits_only
 from integrations.providers.base import (
     FINAL,
     POPUP,
@@ -46,6 +46,7 @@ from integrations.providers.base import (
     form_data,
     local_timestamp,
     post_form,
+    routing_answer_from_json,
     secrets_equal,
 )
 
@@ -218,26 +219,8 @@ class PlanfixProvider(CrmProvider):
             if exc.permanent and exc.status is not None and exc.status not in {401, 403}:
                 return None
             raise
-        try:
-            data = response.json()
-        except ValueError:
-            return None
-        if not isinstance(data, dict):
-            return None
-        name = data.get("contact_name")
-        name = name.strip() if isinstance(name, str) else ""
-        responsible = data.get("responsible")
-        # The example gives a JSON number, the table a "short number": accept both.
-        extension = (
-            str(responsible).strip()
-            if isinstance(responsible, int | str) and not isinstance(responsible, bool)
-            else ""
-        )
-        if not is_extension(extension):
-            extension = ""
-        if not (name or extension):
-            return None
-        return RoutingAnswer(extension=extension, display_name=name)
+        # The example gives `responsible` as a JSON number, the table as a "short number": both are read.
+        return routing_answer_from_json(response, "contact_name", "responsible")
 
     # ---- outbound: event, record ------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from rest_framework.response import Response
 from calls import services
 from calls.models import Call, OutboundJob, Recording, RoutingDecision
 from integrations.http import OutboundError
-from integrations.phones import digits_only, is_extension
+from integrations.phones import digits_only
 from integrations.providers.base import (
     FINAL,
     CrmProvider,
@@ -46,6 +46,7 @@ from integrations.providers.base import (
     form_data,
     local_timestamp,
     post_form,
+    routing_answer_from_json,
     secrets_equal,
 )
 
@@ -197,30 +198,7 @@ class WireCrmProvider(CrmProvider):
             raise ProviderError(
                 f"NOTIFY_START answered after {elapsed * 1000:.0f} ms, over start_timeout_ms; sent again later"
             )
-        return self._routing_answer(response)
-
-    @staticmethod
-    def _routing_answer(response: Any) -> RoutingAnswer | None:
-        try:
-            data = response.json()
-        except ValueError:
-            return None  # an empty or non-JSON 2xx: delivered, nothing to apply
-        if not isinstance(data, dict):
-            return None
-        name = data.get("caller_name")
-        name = name.strip() if isinstance(name, str) else ""
-        redirect = data.get("redirect")
-        extension = (
-            str(redirect).strip()
-            if isinstance(redirect, int | str) and not isinstance(redirect, bool)
-            else ""
-        )
-        if extension and not is_extension(extension):
-            logger.warning("wirecrm: NOTIFY_START redirect %r is not an extension; ignored", extension[:20])
-            extension = ""
-        if not (name or extension):
-            return None
-        return RoutingAnswer(extension=extension, display_name=name)
+        return routing_answer_from_json(response, "caller_name", "redirect")
 
     def _started_during_routing(self, call: Call) -> bool:
         """Whether a synchronous NOTIFY_START of this call got a 2xx in time (the routing ledger says so)."""
