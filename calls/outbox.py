@@ -175,7 +175,9 @@ def claim_due(limit: int = CLAIM_LIMIT, now: dt.datetime | None = None) -> list[
             "pk", "kind", "connection_ref", "crm_connection__provider", "pbx_connection__provider"
         )[:limit]
     )
-    groups: dict[tuple[str, str], list[int]] = {}
+    # Batchable kinds: consecutive groups of up to batch_size jobs per (connection, kind), so a backlog drains
+    # at batch_size × tasks per pass instead of one batch per pass.
+    groups: dict[tuple[str, str], list[list[int]]] = {}
     singles: list[int] = []
     for pk, kind, ref, crm_provider, pbx_provider in candidates:
         size = 1
@@ -183,9 +185,10 @@ def claim_due(limit: int = CLAIM_LIMIT, now: dt.datetime | None = None) -> list[
             kinds = provider_class(crm_provider or pbx_provider).job_kinds
             size = kinds[kind].batch_size if kind in kinds else 1
         if size > 1:
-            group = groups.setdefault((ref, kind), [])
-            if len(group) < size:
-                group.append(pk)
+            batches = groups.setdefault((ref, kind), [[]])
+            if len(batches[-1]) >= size:
+                batches.append([])
+            batches[-1].append(pk)
         else:
             singles.append(pk)
     claimed: list[Claimed] = []
@@ -194,7 +197,7 @@ def claim_due(limit: int = CLAIM_LIMIT, now: dt.datetime | None = None) -> list[
         got = claim([pk], owner, now)
         if got:
             claimed.append(Claimed(owner, got))
-    for ids in groups.values():
+    for ids in (batch for batches in groups.values() for batch in batches):
         owner = uuid.uuid4().hex
         got = claim(ids, owner, now)
         if got:

@@ -24,8 +24,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
+from django.utils.module_loading import import_string
 from django.utils.safestring import SafeString
 
+from calls import outbox
 from integrations import directory
 from integrations.admin_scoping import (
     SameTenantInlineFormSet,
@@ -46,12 +48,14 @@ from integrations.models import (
     TenantMembership,
 )
 from integrations.providers.base import (
+    CRM,
     GENERATE,
     LABELS,
     REGISTRY,
     SIDES,
     Field,
     SchemaError,
+    get_provider,
     provider_class,
 )
 
@@ -576,6 +580,41 @@ class CrmConnectionAdmin(ConnectionAdmin):
     list_display = ("__str__", "tenant", "provider", "priority", "active", "error_flag")
     main_fields = ("tenant", "key", "provider", "active", "priority")
 
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        """Every CRM provider's own operations (RetailCRM: register the module, read it back, propose
+        mappings), offered to those who may operate; each runs on the selected connections of its provider."""
+        actions = super().get_actions(request)
+        if not self.has_operate_permission(request):
+            return actions
+        for key, side in SIDES.items():
+            if side != CRM:
+                continue
+            for name, (description, dotted) in provider_class(key).admin_operations.items():
+                action_name = f"{key}_{name}"
+                label = f"{LABELS[key]}: {description}"
+                actions[action_name] = (self._operation(key, dotted), action_name, label)
+        return actions
+
+    def _operation(self, provider: str, dotted: str) -> Any:
+        def run(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> None:
+            operation = import_string(dotted)
+            for connection in self.operable_queryset(request, queryset).filter(provider=provider):
+                try:
+                    report = operation(connection)
+                except Exception as exc:  # ProviderError / OutboundError: shown, and flagged by the provider
+                    self.message_user(request, f"{connection}: {exc}", messages.ERROR)
+                    continue
+                self.message_user(request, f"{connection}: {report}")
+
+        return run
+
+
+def request_crm_sync(tenant_id: int) -> None:
+    """Mappings or external phones changed: each active CRM connection of the tenant queues what its provider
+    needs (RetailCRM re-registers its module, debounced); providers with nothing to sync ask for nothing."""
+    for crm in CrmConnection.objects.filter(tenant_id=tenant_id, active=True):
+        outbox.create_jobs(crm, get_provider(crm).jobs_for_sync())
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Extensions and external phones
@@ -592,6 +631,10 @@ class ExtensionMappingInline(TenantScopedInlineMixin, admin.TabularInline):
 
 @admin.register(Extension)
 class ExtensionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        request_crm_sync(form.instance.tenant_id)
+
     list_display = ("number", "name", "email", "tenant", "crm_users")
     list_filter = (("tenant", RelatedOnlyFieldListFilter),)
     search_fields = ("number", "name", "email")
@@ -616,6 +659,10 @@ class SiteCodeInline(TenantScopedInlineMixin, admin.TabularInline):
 
 @admin.register(ExternalPhone)
 class ExternalPhoneAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        request_crm_sync(form.instance.tenant_id)
+
     list_display = ("number", "label", "tenant", "site_codes_summary")
     list_filter = (("tenant", RelatedOnlyFieldListFilter),)
     search_fields = ("number", "label")

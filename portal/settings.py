@@ -251,6 +251,9 @@ else:
 
 CACHES = {"default": _get("CACHE_URL", env.cache_url, "dbcache://callbridge_cache")}
 CACHES["default"].setdefault("TIMEOUT", 300)
+if CACHES["default"]["BACKEND"].endswith("DatabaseCache"):
+    # The default cull at 300 entries would drop rate-limiter seats and routing answers under load.
+    CACHES["default"].setdefault("OPTIONS", {}).setdefault("MAX_ENTRIES", 100000)
 if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
     # redis-py waits forever by default: a frozen Redis would hang every request that touches the cache.
     CACHES["default"].setdefault("OPTIONS", {}).update({"socket_connect_timeout": 3, "socket_timeout": 5})

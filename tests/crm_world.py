@@ -18,6 +18,7 @@ from calls.events import NormalisedEvent
 from calls.models import Call, Recording
 from calls.services import ingest, recording_stored
 from integrations.providers import base
+from tests.pipeline.fake_providers import register
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PBX_URL = "https://pbx.example.test"
@@ -26,9 +27,7 @@ BASE_TIME = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
 
 def register_fake_pbx(monkeypatch: Any) -> None:
     """The pipeline tests' fake PBX (tests/pipeline/fake_providers.py) under its registry key."""
-    monkeypatch.setitem(base.REGISTRY, "fakepbx", "tests.pipeline.fake_providers.FakePbx")
-    monkeypatch.setitem(base.SIDES, "fakepbx", base.PBX)
-    monkeypatch.setitem(base.LABELS, "fakepbx", "Fake PBX")
+    register(monkeypatch, "fakepbx", "tests.pipeline.fake_providers.FakePbx", base.PBX)
 
 
 def fixture_text(provider: str, name: str) -> str:

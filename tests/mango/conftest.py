@@ -5,14 +5,13 @@ import pytest
 from integrations.providers import base
 from tests.factories import CrmConnectionFactory, ExtensionFactory, PbxConnectionFactory, TenantFactory
 from tests.mango.support import API_KEY, API_SALT
+from tests.pipeline.fake_providers import register
 
 
 @pytest.fixture(autouse=True)
 def fake_crm(monkeypatch):
     # The pipeline's test CRM records every notice as an outbound job: what a real CRM adapter would be asked.
-    monkeypatch.setitem(base.REGISTRY, "fakecrm", "tests.pipeline.fake_providers.FakeCrm")
-    monkeypatch.setitem(base.SIDES, "fakecrm", base.CRM)
-    monkeypatch.setitem(base.LABELS, "fakecrm", "Fake CRM")
+    register(monkeypatch, "fakecrm", "tests.pipeline.fake_providers.FakeCrm", base.CRM)
 
 
 @pytest.fixture

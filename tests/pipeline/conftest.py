@@ -4,16 +4,13 @@ import pytest
 
 from integrations.providers import base
 from tests.factories import CrmConnectionFactory, ExtensionFactory, PbxConnectionFactory, TenantFactory
+from tests.pipeline.fake_providers import register
 
 
 @pytest.fixture(autouse=True)
 def fake_providers(monkeypatch):
-    monkeypatch.setitem(base.REGISTRY, "fakepbx", "tests.pipeline.fake_providers.FakePbx")
-    monkeypatch.setitem(base.REGISTRY, "fakecrm", "tests.pipeline.fake_providers.FakeCrm")
-    monkeypatch.setitem(base.SIDES, "fakepbx", base.PBX)
-    monkeypatch.setitem(base.SIDES, "fakecrm", base.CRM)
-    monkeypatch.setitem(base.LABELS, "fakepbx", "Fake PBX")
-    monkeypatch.setitem(base.LABELS, "fakecrm", "Fake CRM")
+    register(monkeypatch, "fakepbx", "tests.pipeline.fake_providers.FakePbx", base.PBX)
+    register(monkeypatch, "fakecrm", "tests.pipeline.fake_providers.FakeCrm", base.CRM)
 
 
 @pytest.fixture

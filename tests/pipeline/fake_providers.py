@@ -138,3 +138,12 @@ class FakeCrm(CrmProvider):
     @classmethod
     def clean_settings(cls, data: Any) -> dict[str, Any]:
         return dict(data or {})
+
+
+def register(monkeypatch: Any, key: str, dotted_path: str, side: str) -> None:
+    """Put a test provider in the explicit registry for one test (undone by monkeypatch afterwards)."""
+    from integrations.providers import base
+
+    monkeypatch.setitem(base.REGISTRY, key, dotted_path)
+    monkeypatch.setitem(base.SIDES, key, side)
+    monkeypatch.setitem(base.LABELS, key, f"Test {key}")

@@ -17,6 +17,7 @@ from calls import recordings
 from calls.models import Call, Recording
 from integrations.providers import base
 from tests.factories import CrmConnectionFactory, ExtensionFactory, PbxConnectionFactory, TenantFactory
+from tests.pipeline.fake_providers import register
 from tests.recordings.providers import LinkPbx
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.1/32")]
@@ -26,15 +27,13 @@ MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 800
 
 @pytest.fixture(autouse=True)
 def fake_providers(monkeypatch):
-    for key, path, side, label in (
-        ("fakepbx", "tests.pipeline.fake_providers.FakePbx", base.PBX, "Fake PBX"),
-        ("fakecrm", "tests.pipeline.fake_providers.FakeCrm", base.CRM, "Fake CRM"),
-        ("linkpbx", "tests.recordings.providers.LinkPbx", base.PBX, "Link PBX"),
-        ("clientidcrm", "tests.recordings.providers.ClientIdCrm", base.CRM, "ClientId CRM"),
+    for key, path, side in (
+        ("fakepbx", "tests.pipeline.fake_providers.FakePbx", base.PBX),
+        ("fakecrm", "tests.pipeline.fake_providers.FakeCrm", base.CRM),
+        ("linkpbx", "tests.recordings.providers.LinkPbx", base.PBX),
+        ("clientidcrm", "tests.recordings.providers.ClientIdCrm", base.CRM),
     ):
-        monkeypatch.setitem(base.REGISTRY, key, path)
-        monkeypatch.setitem(base.SIDES, key, side)
-        monkeypatch.setitem(base.LABELS, key, label)
+        register(monkeypatch, key, path, side)
     LinkPbx.links_given.clear()
 
 

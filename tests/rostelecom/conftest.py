@@ -13,6 +13,7 @@ import pytest
 from calls import outbox
 from integrations.providers import base
 from tests.factories import ExtensionFactory, PbxConnectionFactory, TenantFactory
+from tests.pipeline.fake_providers import register
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "rostelecom"
 CLIENT_ID = "000003C405E6525C64C184258C44EC99"
@@ -97,6 +98,4 @@ def extensions(tenant):
 @pytest.fixture
 def fake_crm_registered(monkeypatch):
     """The pipeline's fake CRM (tests/pipeline/fake_providers.py) under the registry, for routing answers."""
-    monkeypatch.setitem(base.REGISTRY, "fakecrm", "tests.pipeline.fake_providers.FakeCrm")
-    monkeypatch.setitem(base.SIDES, "fakecrm", base.CRM)
-    monkeypatch.setitem(base.LABELS, "fakecrm", "Fake CRM")
+    register(monkeypatch, "fakecrm", "tests.pipeline.fake_providers.FakeCrm", base.CRM)
