@@ -22,7 +22,9 @@ class Call(models.Model):
     RESULT_CHOICES = [(r, r.replace("_", " ")) for r in RESULTS] + [("", "in progress")]
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="calls")
-    pbx_connection = models.ForeignKey(PbxConnection, on_delete=models.CASCADE, related_name="calls")
+    # RESTRICT: removing a PBX connection must not silently delete its call history (deleting the whole tenant
+    # still does, since that cascades to both).
+    pbx_connection = models.ForeignKey(PbxConnection, on_delete=models.RESTRICT, related_name="calls")
     provider_call_id = models.CharField(max_length=200)
     direction = models.CharField(max_length=10, choices=DIRECTIONS, blank=True)
     client_phone = models.CharField(max_length=20, blank=True, db_index=True, help_text="E.164")

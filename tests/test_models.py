@@ -71,3 +71,16 @@ def test_tenant_knows_its_active_pbx_and_crms():
     pbx = PbxConnectionFactory(tenant=tenant)
     crm = CrmConnectionFactory(tenant=tenant, provider="wirecrm")
     assert tenant.active_pbx() == pbx and list(tenant.active_crms()) == [crm]
+
+
+def test_removing_a_pbx_connection_keeps_its_call_history():
+    from django.db.models import RestrictedError
+
+    from calls.models import Call
+
+    pbx = PbxConnectionFactory()
+    Call.objects.create(tenant=pbx.tenant, pbx_connection=pbx, provider_call_id="c1")
+    with pytest.raises(RestrictedError):
+        pbx.delete()
+    pbx.tenant.delete()  # the whole tenant, history included, can still go
+    assert not Call.objects.exists()
