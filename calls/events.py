@@ -41,8 +41,8 @@ RESULTS: tuple[str, ...] = (
 class NormalisedEvent:
     """One PBX event, normalised.
 
-    provider_call_id: the PBX's id of the whole call (Rostelecom session_id, Mango entry_id).
-    leg_id: the PBX's id of one leg, when it has legs (Mango call_id).
+    provider_call_id: the PBX's id of the whole call (e.g. a session id or an entry id).
+    leg_id: the PBX's id of one leg, when it has legs.
     order_key: sorts the call's events in the order they happened (not arrival); fixed-width strings.
     dedupe_key: unique per PBX connection: the same webhook twice gives the same key; a transfer's second
         `answered` or another leg gives a new one.
@@ -50,7 +50,7 @@ class NormalisedEvent:
     outcome: on `completed`, the call's result in our enum when the PBX says it ("" = derive from events).
     recording_expected: on `completed`/`recording_ready`, whether a recording file will exist (None = unknown).
     recording: provider hints for fetching it later (e.g. a recording id); never credentials.
-    correlation_id: the id our click-to-call command got back (Rostelecom session_id, Mango command_id).
+    correlation_id: the id our click-to-call command got back (a session or command id).
     raw: the payload as received, with credentials stripped.
     """
 
@@ -112,7 +112,6 @@ def strip_credentials(payload: Any, secrets: list[str], keys: tuple[str, ...] = 
         "vpbx_api_key",
         "api_key",
         "key",
-        "planfix_token",
         "x-client-sign",
     }
     sensitive.update(k.lower() for k in keys)

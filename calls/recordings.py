@@ -1,6 +1,6 @@
 """Recordings: fetch from the PBX into storage, serve permanent links, purge after retention.
 
-PBX links are temporary, single-use or IP-bound (Rostelecom get_record, Mango queries/recording/post) and may
+PBX links are temporary, single-use or IP-bound (see each PBX adapter's recording_link) and may
 appear minutes after the call; CRMs need a permanent link. So the portal downloads the file right after asking
 the PBX adapter for a fresh link, keeps it in the `recordings` storage, and serves it at /records/<token>.
 """
@@ -32,7 +32,7 @@ from integrations.providers.base import JobSpec, ProviderError, get_provider
 logger = logging.getLogger("callbridge.recordings")
 
 AUDIO_TYPES = ("audio/", "application/octet-stream", "binary/octet-stream")
-# A PBX answers these while the file is not written yet (Mango: minutes after the call at peak), so they mean
+# A PBX answers these while the file is not written yet (minutes after the call at peak), so they mean
 # "try again later" for a recording, although the HTTP client calls a 404 permanent for an API.
 NOT_READY_STATUSES = frozenset({404, 425})
 FETCH_TIMEOUT = (3.05, 60)
@@ -56,7 +56,7 @@ def storage() -> Any:
 
 
 def normalise_content_type(content_type: str, link: str = "") -> str:
-    """The type the file is served with: mp3 aliases become audio/mpeg (RetailCRM plays only that); a generic
+    """The type the file is served with: mp3 aliases become audio/mpeg (some CRM players accept only that); a generic
     binary type is guessed from the link's file name."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media in {"", "application/octet-stream", "binary/octet-stream"}:

@@ -118,7 +118,7 @@ def _ingest_call(
     if created:  # a decision made before the call existed is looked for once, with its first events
         _attach_routing_decision(call)
     if call.final_for_crm:
-        # Also after the call became final: a PBX may announce a recording late (Mango record/added).
+        # Also after the call became final: a PBX may announce a recording late.
         _expect_recording(call, all_events)
     outbox.create_jobs(pbx_connection, adapter.jobs_after_ingest(call, new), call)
     if call.is_external:
@@ -377,7 +377,7 @@ def _expect_recording(call: Call, events: Sequence[NormalisedEvent]) -> None:
 
 
 def update_recording_hints(call: Call, hints: dict[str, Any]) -> None:
-    """A PBX event that arrives after the call was final (Mango record/added) adds fetching hints."""
+    """A PBX event that arrives after the call was final (a late recording notice) adds fetching hints."""
     recording = Recording.objects.filter(call=call).first()
     if recording:
         Recording.objects.filter(pk=recording.pk).update(hints={**recording.hints, **hints})

@@ -61,7 +61,7 @@ def purge_expired_recordings() -> int:
 
 @shared_task(name="calls.tasks.run_periodic", ignore_result=True)
 def run_periodic() -> int:
-    """Ask every active connection's adapter for its periodic jobs (RetailCRM periodic uploads, Mango
+    """Ask every active connection's adapter for its periodic jobs (periodic history uploads, PBX
     reconciliation) and write them to the outbox. Beat runs it every minute."""
     return _run_periodic()
 

@@ -2,7 +2,7 @@
 
 Streams from storage (never the whole file in memory) with Content-Type, Content-Length, Accept-Ranges, a 206
 for one byte range and a 416 for an unsatisfiable one, ETag and Last-Modified. An optional `clientId` must
-belong to a CRM connection of the call's tenant that plays links that way (RetailCRM). Not stored yet: one
+belong to a CRM connection of the call's tenant that plays links that way (CrmProvider.accepts_playback_client_id). Not stored yet: one
 bounded synchronous fetch, else 404 with Retry-After; purged: 410; unavailable or unknown: 404.
 """
 

@@ -19,6 +19,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import models, transaction
+from django.db.models import RestrictedError
 
 from integrations.crypto import new_token
 from integrations.models import (
@@ -674,7 +675,19 @@ def _apply_connections(
     wanted_keys = {plan.key for plan in plans}
     for key, connection in sorted(existing.items()):
         if key not in wanted_keys:
-            connection.delete()
+            try:
+                with transaction.atomic():
+                    connection.delete()
+            except RestrictedError:
+                # Its calls keep referring to it: the history is worth more than a tidy file.
+                raise TenantFileError(
+                    [
+                        (
+                            side,
+                            f'connection {key!r} has call history and cannot be removed; set "active": false',
+                        )
+                    ]
+                ) from None
             changes.append(f"{side} {key!r}: removed")
     by_key: dict[str, Connection] = {}
     # Inactive ones first: moving "active" from one PBX to another never holds two active PBXs at once.

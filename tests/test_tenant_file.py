@@ -512,3 +512,15 @@ def test_each_provider_has_a_documented_example_with_every_setting_that_imports(
     import_document(document)
     model = PbxConnection if side == "pbx" else CrmConnection
     assert model.objects.get(key=example["key"]).settings == example["settings"]
+
+
+def test_a_pbx_with_call_history_is_not_removed_by_an_import(acme):
+    from calls.models import Call
+
+    pbx = acme.pbxconnections.get()
+    Call.objects.create(tenant=acme, pbx_connection=pbx, provider_call_id="c1")
+    document = export_document("acme", "--include-secrets")
+    document["pbx"] = []
+    with pytest.raises(CommandError, match="call history"):
+        import_document(document)
+    assert Call.objects.filter(pbx_connection=pbx).exists()
