@@ -75,3 +75,13 @@ def _private_broker_folder():
     folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("data_folder_in", "")
     if "broker-test-" in folder:
         shutil.rmtree(os.path.dirname(folder), ignore_errors=True)
+
+
+@pytest.fixture
+def listener():
+    """A socket on 127.0.0.1 that never answers; `connections()` counts who reached it (SSRF tests)."""
+    from tests.listener import Listener
+
+    lst = Listener()
+    yield lst
+    lst.close()

@@ -36,6 +36,7 @@ from integrations.http import (
     parse_retry_after,
     tls_verify_value,
 )
+from tests.listener import Listener
 
 LOOPBACK_2 = [ipaddress.ip_network("127.0.0.2/32")]
 
@@ -105,39 +106,6 @@ def serve():
     for server in servers:
         server.shutdown()
         server.server_close()
-
-
-class _Listener:
-    """A socket that listens and never answers; counts connections that reached it."""
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((host, port))
-        self.sock.listen(16)
-        self.host, self.port = self.sock.getsockname()
-        self.accepted: list[socket.socket] = []
-
-    def url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{self.port}{path}"
-
-    def connections(self) -> int:
-        self.sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                self.accepted.append(self.sock.accept()[0])
-        return len(self.accepted)
-
-    def close(self) -> None:
-        for conn in self.accepted:
-            conn.close()
-        self.sock.close()
-
-
-@pytest.fixture
-def listener():
-    lst = _Listener()
-    yield lst
-    lst.close()
 
 
 @pytest.fixture
@@ -278,7 +246,7 @@ def test_the_connection_goes_to_the_checked_address_even_if_dns_changes(client, 
     settings.OUTBOUND_ALLOWED_NETWORKS = LOOPBACK_2
     server = serve("127.0.0.2", {"/": (200, {}, b"checked")})
     try:
-        trap = _Listener("127.0.0.1", server.port)
+        trap = Listener("127.0.0.1", server.port)
     except OSError:
         pytest.skip("127.0.0.1 has the same port taken")
     answers = iter([["127.0.0.2"]])

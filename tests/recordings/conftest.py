@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
-import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -186,34 +184,3 @@ def serve():
 
 def mp3_answer(data: bytes = MP3, content_type: str = "audio/mpeg"):
     return 200, {"Content-Type": content_type}, data
-
-
-class Listener:
-    """A socket that listens and never answers. A connection that reached it sits in the accept queue, so a
-    non-blocking accept afterwards sees it without waiting."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-
-    def connections(self) -> int:
-        self.sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                self.accepted.append(self.sock.accept()[0])
-        return len(self.accepted)
-
-    def close(self) -> None:
-        for conn in self.accepted:
-            conn.close()
-        self.sock.close()
-
-
-@pytest.fixture
-def listener():
-    lst = Listener()
-    yield lst
-    lst.close()
