@@ -7,7 +7,6 @@ with the portal's permanent link. Only HTTP is faked (`responses`); the relay an
 
 from __future__ import annotations
 
-import json
 from urllib.parse import parse_qs
 
 import pytest
