@@ -248,6 +248,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
 else:
     _db.setdefault("CONN_MAX_AGE", 60)
     _db.setdefault("CONN_HEALTH_CHECKS", True)
+    if TESTING:
+        # One test database per run, so two runs on one machine (CI and a developer) never drop each other's.
+        _db.setdefault("TEST", {}).setdefault("NAME", f"test_callbridge_{os.getpid()}")
 
 CACHES = {"default": _get("CACHE_URL", env.cache_url, "dbcache://callbridge_cache")}
 CACHES["default"].setdefault("TIMEOUT", 300)

@@ -265,6 +265,41 @@ class OriginateResult:
     correlation_id: str
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    """What `check_connection()` found: `ok`, a one-line `summary` in plain words for the admin, and the
+    provider's own answer (truncated) in `detail`."""
+
+    ok: bool
+    summary: str
+    detail: str = ""
+
+
+ReconcileStatus = Literal["completed", "live", "unknown"]
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    """What the PBX said about a call that went silent: `completed` (with the events that complete it),
+    `live` (ask again later) or `unknown` (the PBX does not know it; `note` says why)."""
+
+    status: ReconcileStatus
+    events: tuple[NormalisedEvent, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SimulatedRequest:
+    """One inbound request a PBX provider's `simulate()` would send: posted to PUBLIC_BASE_URL + `path`
+    after waiting `delay_seconds`; `description` is printed for the person watching."""
+
+    path: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_seconds: float = 0.0
+    description: str = ""
+
+
 class ProviderError(Exception):
     """A provider refused or could not be reached. `permanent` decides between retry and failure."""
 
@@ -386,6 +421,12 @@ class Provider:
         attempt log; raise ProviderError (or integrations.http.OutboundError) on failure."""
         raise ProviderError(f"{self.key} has no job kind {job.kind!r}", permanent=True)
 
+    def check_connection(self) -> CheckResult:
+        """A harmless authenticated request that proves the settings and secrets work (run by a worker for the
+        admin's "Test connection"). Every provider implements it; one without such a request checks what it
+        can (URL, DNS, TLS) and says so in `summary`."""
+        raise NotImplementedError(f"{type(self).__name__}.check_connection")
+
     def perform_batch(self, jobs: list[OutboundJob]) -> dict[int, str | Exception]:
         """Send several jobs of one batchable kind in one request. Map each job id to a summary or to the
         exception that concerns that job alone. Raise for a failure of the whole batch."""
@@ -421,6 +462,14 @@ class PbxProvider(Provider):
 
     def dedupe_key(self, event: NormalisedEvent) -> str:
         return event.dedupe_key
+
+    def reconcile(self, call: Call) -> ReconcileResult:
+        """Ask the PBX about a call that has had no end and no event for RECONCILE_AFTER_SECONDS."""
+        raise NotImplementedError(f"{type(self).__name__}.reconcile")
+
+    def simulate(self, scenario: str, options: dict[str, Any]) -> list[SimulatedRequest]:
+        """The provider's own signed inbound requests that play one simulated call (`simulate_call`)."""
+        raise NotImplementedError(f"{type(self).__name__}.simulate")
 
 
 class CrmProvider(Provider):
