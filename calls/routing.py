@@ -62,14 +62,19 @@ def _record_success(crm: CrmConnection) -> None:
     cache.delete(_breaker_key(crm, "failures"))
 
 
-def _cache_key(tenant: Tenant, caller: str, did: str) -> str:
-    return f"routing:answer:{tenant.pk}:{caller}:{did}"
+def _cache_key(tenant: Tenant, crm: CrmConnection, caller: str, did: str) -> str:
+    # Per CRM: a CRM asked on every call (asks_every_call) can be asked while another's answer is cached.
+    return f"routing:answer:{tenant.pk}:{crm.pk}:{caller}:{did}"
 
 
 @dataclass
 class _Asked:
     crm: CrmConnection
-    future: Future[RoutingAnswer | None]
+    future: Future[RoutingAnswer | None] | None = None
+    cached: RoutingAnswer | None = None
+    # The question itself changes the CRM (WireCRM's NOTIFY_START): never given up on before the deadline,
+    # or it would be marked late and sent a second time.
+    must_finish: bool = False
 
 
 def _ask(adapter: Any, query: RoutingQuery, timeout: float) -> RoutingAnswer | None:
@@ -85,8 +90,13 @@ def resolve(
     provider_call_id: str = "",
     deadline_ms: int | None = None,
     pbx_connection: PbxConnection | None = None,
+    defer_writes: bool = False,
 ) -> RoutingDecision:
-    """Answer within min(deadline_ms, ROUTING_BUDGET_MS) minus a safety margin; record the decision."""
+    """Answer within min(deadline_ms, ROUTING_BUDGET_MS) minus a safety margin; record the decision.
+
+    With `defer_writes` the decision comes back unsaved and nothing is written to the cache: the caller
+    answers the PBX first and then calls `save_decision()` (Rostelecom's get_number_info), so the writes never
+    add to the PBX's wait."""
     started = time.monotonic()
     budget_ms = min(deadline_ms or settings.ROUTING_BUDGET_MS, settings.ROUTING_BUDGET_MS)
     budget = max(0.05, (budget_ms - SAFETY_MARGIN_MS) / 1000)
@@ -98,19 +108,7 @@ def resolve(
         tenant_id=tenant.pk,
         call=call,
     )
-    extension, name, source, detail = "", "", "none", {}
-
-    cached = cache.get(_cache_key(tenant, caller, did))
-    if cached:
-        extension, name, source = cached.get("extension", ""), cached.get("display_name", ""), "cache"
-    else:
-        extension, name, source, detail = _ask_crms(tenant, query, deadline)
-        if extension or name:
-            cache.set(
-                _cache_key(tenant, caller, did),
-                {"extension": extension, "display_name": name},
-                settings.ROUTING_CACHE_SECONDS,
-            )
+    extension, name, source, detail, fresh = _ask_crms(tenant, query, deadline)
 
     if extension and not Extension.objects.filter(tenant=tenant, number=extension).exists():
         logger.warning(
@@ -127,7 +125,7 @@ def resolve(
             else:
                 detail["extension_from"] = "history"
     latency_ms = int((time.monotonic() - started) * 1000)
-    return RoutingDecision.objects.create(
+    decision = RoutingDecision(
         tenant=tenant,
         pbx_connection=pbx_connection or (call.pbx_connection if call else None),
         call=call,
@@ -140,24 +138,51 @@ def resolve(
         latency_ms=latency_ms,
         detail=detail,
     )
+    decision._fresh_answers = fresh  # type: ignore[attr-defined]
+    if not defer_writes:
+        save_decision(decision)
+    return decision
 
 
-def _ask_crms(tenant: Tenant, query: RoutingQuery, deadline: float) -> tuple[str, str, str, dict[str, Any]]:
+def save_decision(decision: RoutingDecision) -> RoutingDecision:
+    """Record the decision and cache the CRMs' fresh answers (each CRM's own, for the next call)."""
+    for key, answer in getattr(decision, "_fresh_answers", {}).items():
+        cache.set(key, answer, settings.ROUTING_CACHE_SECONDS)
+    decision._fresh_answers = {}  # type: ignore[attr-defined]
+    if decision.pk is None:
+        decision.save()
+    return decision
+
+
+def _ask_crms(
+    tenant: Tenant, query: RoutingQuery, deadline: float
+) -> tuple[str, str, str, dict[str, Any], dict[str, dict[str, str]]]:
     crms = list(CrmConnection.objects.filter(tenant=tenant, active=True).order_by("priority", "id"))
+    keys = {crm.pk: _cache_key(tenant, crm, query.caller, query.did) for crm in crms}
+    cached_answers = cache.get_many(list(keys.values())) if crms else {}
     asked: list[_Asked] = []
     detail: dict[str, Any] = {"asked": [], "skipped": []}
     for crm in crms:
         adapter = get_provider(crm)
+        cached = cached_answers.get(keys[crm.pk])
+        item = _Asked(crm, cached=RoutingAnswer(**cached) if cached else None)
+        every_call = adapter.answers_routing(query) and adapter.asks_every_call(query)
+        if item.cached is not None and not every_call:
+            asked.append(item)
+            continue
         if not adapter.answers_routing(query):
             continue
         if breaker_open(crm):
             detail["skipped"].append(crm.key)
+            asked.append(item)  # its cached answer, if any, still counts
             continue
         timeout = max(0.05, deadline - time.monotonic())
-        asked.append(_Asked(crm, _executor.submit(_ask, adapter, query, timeout)))
+        item.future = _executor.submit(_ask, adapter, query, timeout)
+        item.must_finish = every_call
+        asked.append(item)
         detail["asked"].append(crm.key)
 
-    pending = {a.future for a in asked}
+    pending = {a.future for a in asked if a.future is not None}
     while pending:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -167,39 +192,50 @@ def _ask_crms(tenant: Tenant, query: RoutingQuery, deadline: float) -> tuple[str
             break
 
     extension, name, source = "", "", "none"
+    fresh: dict[str, dict[str, str]] = {}
     for item in asked:
-        if not item.future.done():
+        answer, answered_by = item.cached, "cache"
+        if item.future is not None and not item.future.done():
             detail.setdefault("late", []).append(item.crm.key)
             _record_failure(item.crm)
-            continue
-        try:
-            answer = item.future.result()
-        except Exception as exc:
-            logger.warning("routing: %s failed: %s", item.crm, exc)
-            detail.setdefault("failed", []).append(item.crm.key)
-            _record_failure(item.crm)
-            continue
-        _record_success(item.crm)
+        elif item.future is not None:
+            try:
+                answer, answered_by = item.future.result(), item.crm.key
+            except Exception as exc:
+                logger.warning("routing: %s failed: %s", item.crm, exc)
+                detail.setdefault("failed", []).append(item.crm.key)
+                _record_failure(item.crm)
+            else:
+                _record_success(item.crm)
+                if answer is not None and (answer.extension or answer.display_name):
+                    key = _cache_key(tenant, item.crm, query.caller, query.did)
+                    fresh[key] = {"extension": answer.extension, "display_name": answer.display_name}
         if answer is None:
             continue
         if answer.extension and not extension:
-            extension, source = answer.extension.strip(), item.crm.key
+            extension, source = answer.extension.strip(), answered_by
         if answer.display_name and not name:
             name = answer.display_name.strip()
             if source == "none":
-                source = item.crm.key
-    return extension, name, source, detail
+                source = answered_by
+    return extension, name, source, detail, fresh
 
 
 def _settled(asked: list[_Asked]) -> bool:
-    """Stop waiting once every CRM ranked above the first complete answer has answered."""
+    """Stop waiting once every CRM ranked above the first complete answer has answered, and every CRM whose
+    question has a side effect (must_finish) has answered."""
+    if any(a.must_finish and a.future is not None and not a.future.done() for a in asked):
+        return False
     have_extension = have_name = False
     for item in asked:
-        if not item.future.done():
+        if item.future is None:
+            answer = item.cached
+        elif not item.future.done():
             return False
-        if item.future.exception() is not None:
+        elif item.future.exception() is not None:
             continue
-        answer = item.future.result()
+        else:
+            answer = item.future.result()
         if answer:
             have_extension = have_extension or bool(answer.extension)
             have_name = have_name or bool(answer.display_name)

@@ -27,7 +27,6 @@ from django.utils.html import format_html, format_html_join
 from django.utils.module_loading import import_string
 from django.utils.safestring import SafeString
 
-from calls import outbox
 from integrations import directory
 from integrations.admin_scoping import (
     SameTenantInlineFormSet,
@@ -35,6 +34,7 @@ from integrations.admin_scoping import (
     TenantScopedInlineMixin,
     is_superuser,
 )
+from integrations.crm_sync import request_crm_sync
 from integrations.crypto import new_token
 from integrations.models import (
     Connection,
@@ -55,7 +55,6 @@ from integrations.providers.base import (
     SIDES,
     Field,
     SchemaError,
-    get_provider,
     provider_class,
 )
 
@@ -425,6 +424,8 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         for name in getattr(form, "generated", ()):
             announce_token(request, obj, name)
+        if obj.SIDE == CRM:
+            request_crm_sync(obj.tenant_id)  # settings or client_id changed: the CRM's copy follows
 
     # ---- displays ----
     @admin.display(description="Error", boolean=True)
@@ -538,6 +539,8 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         obj.regenerate_secret(name)
         self.log_change(request, obj, f"Regenerated {name}.")
         announce_token(request, obj, name)
+        if obj.SIDE == CRM:
+            request_crm_sync(obj.tenant_id)  # RetailCRM's module must carry the new clientId
         return HttpResponseRedirect(
             reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk])
         )
@@ -609,11 +612,24 @@ class CrmConnectionAdmin(ConnectionAdmin):
         return run
 
 
-def request_crm_sync(tenant_id: int) -> None:
-    """Mappings or external phones changed: each active CRM connection of the tenant queues what its provider
-    needs (RetailCRM re-registers its module, debounced); providers with nothing to sync ask for nothing."""
-    for crm in CrmConnection.objects.filter(tenant_id=tenant_id, active=True):
-        outbox.create_jobs(crm, get_provider(crm).jobs_for_sync())
+class CrmSyncOnChangeMixin:
+    """Any change saved or deleted here alters what a CRM holds a copy of (RetailCRM's additionalCodes and
+    externalPhones): ask the tenant's CRMs to sync (integrations/crm_sync.py)."""
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)  # type: ignore[misc]
+        request_crm_sync(form.instance.tenant_id)
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        tenant_id = obj.tenant_id
+        super().delete_model(request, obj)  # type: ignore[misc]
+        request_crm_sync(tenant_id)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        tenant_ids = set(queryset.values_list("tenant_id", flat=True))
+        super().delete_queryset(request, queryset)  # type: ignore[misc]
+        for tenant_id in tenant_ids:
+            request_crm_sync(tenant_id)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -630,16 +646,12 @@ class ExtensionMappingInline(TenantScopedInlineMixin, admin.TabularInline):
 
 
 @admin.register(Extension)
-class ExtensionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        super().save_related(request, form, formsets, change)
-        request_crm_sync(form.instance.tenant_id)
-
-    list_display = ("number", "name", "email", "tenant", "crm_users")
-    list_filter = (("tenant", RelatedOnlyFieldListFilter),)
-    search_fields = ("number", "name", "email")
+class ExtensionAdmin(CrmSyncOnChangeMixin, TenantScopedAdminMixin, admin.ModelAdmin):
+    list_display = ("number", "name", "kind", "sip_login", "email", "tenant", "crm_users")
+    list_filter = (("tenant", RelatedOnlyFieldListFilter), "kind")
+    search_fields = ("number", "name", "email", "sip_login")
     list_select_related = ("tenant",)
-    fields = ("tenant", "number", "name", "email")
+    fields = ("tenant", "number", "name", "kind", "sip_login", "email")
     inlines = [ExtensionMappingInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
@@ -658,11 +670,7 @@ class SiteCodeInline(TenantScopedInlineMixin, admin.TabularInline):
 
 
 @admin.register(ExternalPhone)
-class ExternalPhoneAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        super().save_related(request, form, formsets, change)
-        request_crm_sync(form.instance.tenant_id)
-
+class ExternalPhoneAdmin(CrmSyncOnChangeMixin, TenantScopedAdminMixin, admin.ModelAdmin):
     list_display = ("number", "label", "tenant", "site_codes_summary")
     list_filter = (("tenant", RelatedOnlyFieldListFilter),)
     search_fields = ("number", "label")
@@ -715,7 +723,7 @@ class CrmSummaryInline(ConnectionSummaryInline):
 
 class ExtensionInline(TenantScopedInlineMixin, admin.TabularInline):
     model = Extension
-    fields = ("number", "name", "email")
+    fields = ("number", "name", "kind", "email")
     extra = 0
     show_change_link = True  # CRM user mappings are edited on the extension's page
 
@@ -747,6 +755,11 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         ExtensionInline,
         ExternalPhoneInline,
     ]
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        if any(fs.model in (Extension, ExternalPhone) and fs.has_changed() for fs in formsets):
+            request_crm_sync(form.instance.pk)
 
     # Creating and deleting whole tenants is the operator's job; tenant admins configure their own.
     def has_add_permission(self, request: HttpRequest) -> bool:

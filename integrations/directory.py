@@ -14,7 +14,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
 
-from integrations.models import Extension, PbxConnection
+from integrations.crm_sync import request_crm_sync
+from integrations.models import Extension, ExtensionMapping, PbxConnection
 from integrations.phones import is_extension
 from integrations.providers.base import get_provider
 
@@ -60,25 +61,41 @@ def import_extensions(pbx_connection: PbxConnection) -> dict[str, Any]:
             seen.add(number)
             name = (entry.name or "").strip()[:200]
             email = _clean_email(entry.email)
+            kind = Extension.GROUP if entry.kind == Extension.GROUP else Extension.USER
+            sip_login = (entry.sip_login or "").strip()[:100]
             current = existing.get(number)
             if current is None:
                 Extension.objects.create(
-                    tenant_id=pbx_connection.tenant_id, number=number, name=name, email=email
+                    tenant_id=pbx_connection.tenant_id,
+                    number=number,
+                    name=name,
+                    email=email,
+                    kind=kind,
+                    sip_login=sip_login,
                 )
                 report["created"] += 1
                 report["created_numbers"].append(number)
                 continue
-            changes = {}
+            changes: dict[str, Any] = {}
             if name and name != current.name:
                 changes["name"] = name
             if email and email != current.email:
                 changes["email"] = email
+            if sip_login and sip_login != current.sip_login:
+                changes["sip_login"] = sip_login
+            if kind != current.kind:
+                # The PBX knows whether a number is a group; a group loses its CRM mappings (it has no user).
+                changes["kind"] = kind
+                if kind == Extension.GROUP:
+                    ExtensionMapping.objects.filter(extension=current).delete()
             if changes:
                 Extension.objects.filter(pk=current.pk).update(**changes)
                 report["updated"] += 1
                 report["updated_numbers"].append(number)
             else:
                 report["unchanged"] += 1
+        if report["created"] or report["updated"]:
+            request_crm_sync(pbx_connection.tenant_id)  # RetailCRM's additionalCodes list the extensions
     logger.info(
         "directory import for %s: %s created, %s updated, %s unchanged, %s skipped",
         pbx_connection,

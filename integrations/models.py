@@ -222,10 +222,23 @@ class CrmConnection(Connection):
 class Extension(models.Model):
     """An employee's internal number at the PBX. Not a phone number: never parsed as one."""
 
+    USER = "user"
+    GROUP = "group"
+    KINDS = ((USER, "employee"), (GROUP, "group"))
+
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="extensions")
     number = models.CharField(max_length=6, validators=[extension_validator])
     name = models.CharField(max_length=200, blank=True)
     email = models.EmailField(blank=True)
+    # A group (a PBX hunt group with its own PIN) is a routing target only: it rings its members, is never
+    # mapped to a CRM user and never answers a call itself.
+    kind = models.CharField(max_length=10, choices=KINDS, default=USER)
+    sip_login = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="The employee's SIP login at the PBX (Rostelecom users_info `name`): events that name the "
+        "employee by login or SIP URI resolve to this extension.",
+    )
 
     class Meta:
         ordering = ["number"]
@@ -261,6 +274,8 @@ class ExtensionMapping(models.Model):
             and self.extension.tenant_id != self.crm_connection.tenant_id
         ):
             raise ValidationError("The extension and the CRM connection belong to different tenants.")
+        if self.extension_id and self.extension.kind == Extension.GROUP:
+            raise ValidationError("A group is not an employee: it cannot be mapped to a CRM user.")
 
 
 class ExternalPhone(models.Model):

@@ -21,6 +21,7 @@ from django.core.validators import validate_email
 from django.db import models, transaction
 from django.db.models import RestrictedError
 
+from integrations.crm_sync import request_crm_sync
 from integrations.crypto import new_token
 from integrations.models import (
     Connection,
@@ -65,7 +66,7 @@ TENANT_KEYS = (
 REQUIRED_TENANT_KEYS = ("slug", "name", "pbx", "crm", "extensions", "external_phones")
 CONNECTION_KEYS = ("key", "provider", "active", "settings", "secrets", "public_id", "inbound_urls")
 CRM_CONNECTION_KEYS = (*CONNECTION_KEYS, "priority")
-EXTENSION_KEYS = ("number", "name", "email", "crm_users")
+EXTENSION_KEYS = ("number", "name", "email", "kind", "sip_login", "crm_users")
 EXTERNAL_PHONE_KEYS = ("number", "label", "site_codes")
 
 DEFAULT_CRM_PRIORITY = 10
@@ -106,19 +107,7 @@ def export_tenant(tenant: Tenant, *, include_secrets: bool = False) -> dict[str,
             for pbx in PbxConnection.objects.filter(tenant=tenant).order_by("key")
         ],
         "crm": [_export_connection(crm, include_secrets) for crm in crm_connections],
-        "extensions": [
-            {
-                "number": extension.number,
-                "name": extension.name,
-                "email": extension.email,
-                "crm_users": {
-                    crm_keys[m.crm_connection_id]: m.crm_user_id
-                    for m in extension.mappings.all()
-                    if m.crm_connection_id in crm_keys
-                },
-            }
-            for extension in extensions
-        ],
+        "extensions": [_export_extension(extension, crm_keys) for extension in extensions],
         "external_phones": [
             {
                 "number": phone.number,
@@ -132,6 +121,21 @@ def export_tenant(tenant: Tenant, *, include_secrets: bool = False) -> dict[str,
             for phone in phones
         ],
     }
+
+
+def _export_extension(extension: Extension, crm_keys: dict[int, str]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"number": extension.number, "name": extension.name, "email": extension.email}
+    # Written only when they say something, so documents of tenants without groups or logins stay as they were.
+    if extension.kind != Extension.USER:
+        entry["kind"] = extension.kind
+    if extension.sip_login:
+        entry["sip_login"] = extension.sip_login
+    entry["crm_users"] = {
+        crm_keys[m.crm_connection_id]: m.crm_user_id
+        for m in extension.mappings.all()
+        if m.crm_connection_id in crm_keys
+    }
+    return entry
 
 
 def _export_connection(connection: Connection, include_secrets: bool) -> dict[str, Any]:
@@ -190,6 +194,8 @@ class ExtensionPlan:
     name: str
     email: str
     crm_users: dict[str, str]
+    kind: str = "user"
+    sip_login: str = ""
 
 
 @dataclass
@@ -557,9 +563,24 @@ def _plan_extensions(reader: _Reader, entries: Any, crm_keys: set[str]) -> list[
             _validate_optional_email,
         )
         crm_users = reader.references(entry.get("crm_users", {}), f"{path}.crm_users", crm_keys)
+        kind = entry.get("kind", Extension.USER)
+        if kind not in {Extension.USER, Extension.GROUP}:
+            reader.problem(f"{path}.kind", f'must be "user" or "group", got {kind!r}')
+        elif kind == Extension.GROUP and crm_users:
+            reader.problem(
+                f"{path}.crm_users", "a group is not an employee: it cannot be mapped to CRM users"
+            )
+        sip_login = reader.string(entry.get("sip_login", ""), f"{path}.sip_login", max_length=100)
         if len(reader.problems) == before:
             plans.append(
-                ExtensionPlan(number=number or "", name=name or "", email=email or "", crm_users=crm_users)
+                ExtensionPlan(
+                    number=number or "",
+                    name=name or "",
+                    email=email or "",
+                    crm_users=crm_users,
+                    kind=kind,
+                    sip_login=sip_login or "",
+                )
             )
     return plans
 
@@ -647,6 +668,10 @@ def _apply(plan: TenantPlan, tenant: Tenant | None) -> ImportResult:
     crm_by_key = _apply_connections(tenant, CrmConnection, plan.crm, CRM, changes)
     _apply_extensions(tenant, plan.extensions, crm_by_key, changes)
     _apply_external_phones(tenant, plan.external_phones, crm_by_key, changes)
+    if created or changes:
+        # Whatever changed may be in a CRM's copy (RetailCRM's module); the sync job is debounced and rolls
+        # back with a dry run.
+        request_crm_sync(tenant.pk)
     return ImportResult(tenant=tenant, created=created, changes=changes, generated=plan.generated)
 
 
@@ -728,11 +753,19 @@ def _apply_extensions(
         extension = existing.get(plan.number)
         if extension is None:
             extension = Extension.objects.create(
-                tenant=tenant, number=plan.number, name=plan.name, email=plan.email
+                tenant=tenant,
+                number=plan.number,
+                name=plan.name,
+                email=plan.email,
+                kind=plan.kind,
+                sip_login=plan.sip_login,
             )
             changes.append(f"extension {plan.number}: created")
         else:
-            differing = _assign(extension, {"name": plan.name, "email": plan.email})
+            differing = _assign(
+                extension,
+                {"name": plan.name, "email": plan.email, "kind": plan.kind, "sip_login": plan.sip_login},
+            )
             if differing:
                 extension.save(update_fields=differing)
                 changes.append(f"extension {plan.number}: changed {', '.join(differing)}")

@@ -164,6 +164,7 @@ def test_export_fills_settings_defaults(acme):
     settings = export_document("acme")["pbx"][0]["settings"]
     assert settings == {
         "api_url": "https://api.cloudpbx.rt.ru",
+        "call_back_from": "pin",
         "domain": "acme.rt.ru",
         "record_ip": "",
         "routing_budget_ms": 800,

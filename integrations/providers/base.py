@@ -255,9 +255,20 @@ class RoutingAnswer:
 
 @dataclass(frozen=True)
 class DirectoryEntry:
+    """One entry of a PBX directory. `kind` "group" is a routing target (a hunt group's number), not an
+    employee; `sip_login` is the employee's login at the PBX, which events may name instead of the number."""
+
     number: str
     name: str = ""
     email: str = ""
+    kind: str = "user"
+    sip_login: str = ""
+
+
+def inbound_action(action: str) -> str:
+    """The method a PBX appended to the base URL, without stray slashes: a base URL pasted with a trailing
+    slash gives `<id>//call_events`, some set-ups add a final `/`; both mean `call_events`."""
+    return "/".join(part for part in (action or "").split("/") if part)
 
 
 @dataclass(frozen=True)
@@ -485,6 +496,12 @@ class CrmProvider(Provider):
 
     def answers_routing(self, query: RoutingQuery) -> bool:
         return True
+
+    def asks_every_call(self, query: RoutingQuery) -> bool:
+        """Whether the routing question is also a message the CRM must get for this call (WireCRM's
+        NOTIFY_START): then it is asked even when an answer for the caller is cached, and routing waits for it
+        until the deadline rather than giving up on it once a higher-priority CRM answered."""
+        return False
 
     # Admin actions the provider offers on its connections: name → (description, dotted path of a function
     # taking the connection and returning a one-line report for the admin message).

@@ -179,6 +179,11 @@ class WireCrmProvider(CrmProvider):
         self._routing_tz = self.connection.tenant.tz
         return True
 
+    def asks_every_call(self, query: RoutingQuery) -> bool:
+        # NOTIFY_START opens the call in WireCRM: with the call id it is sent on every call (never skipped for a
+        # cached answer), and routing waits for it, so the outbox never sends it a second time.
+        return bool(query.provider_call_id)
+
     def lookup(self, query: RoutingQuery, timeout: float) -> RoutingAnswer | None:
         """Send NOTIFY_START within start_timeout_ms and read WireCRM's answer. Any failure, or a 2xx that came
         too late, raises: the routing ledger then shows NOTIFY_START as not delivered and the outbox sends it."""

@@ -192,8 +192,9 @@ def test_the_directory_is_the_domains_users(pbx):
     entries = get_provider(pbx).list_extensions()
 
     assert entries == [
-        DirectoryEntry("101", "test_user_1", "test_user_1@mail.gov"),
-        DirectoryEntry("102", "test_user_2", ""),
+        DirectoryEntry("101", "test_user_1", "test_user_1@mail.gov", sip_login="admin"),
+        DirectoryEntry("102", "test_user_2", "", sip_login="test"),
+        DirectoryEntry("500", "testAPI", "Ivanov@mail.gov", kind="group"),
     ]
     assert_signed(responses.calls[0].request, b'{"domain":"acme.rt.ru"}')
 
@@ -215,20 +216,24 @@ def test_import_creates_and_updates_extensions_and_reports_what_changed(pbx):
     report = import_extensions(pbx)
 
     assert {k: report[k] for k in ("created", "updated", "unchanged", "skipped")} == {
-        "created": 1,
+        "created": 2,
         "updated": 1,
         "unchanged": 0,
         "skipped": 0,
     }
-    assert (report["created_numbers"], report["updated_numbers"]) == (["102"], ["101"])
-    assert list(Extension.objects.filter(tenant=pbx.tenant).values_list("number", "name", "email")) == [
-        ("101", "test_user_1", "test_user_1@mail.gov"),
-        ("102", "test_user_2", ""),
-        ("555", "Typed in", "e555@example.test"),
+    assert (report["created_numbers"], report["updated_numbers"]) == (["102", "500"], ["101"])
+    rows = Extension.objects.filter(tenant=pbx.tenant).values_list(
+        "number", "name", "email", "kind", "sip_login"
+    )
+    assert list(rows) == [
+        ("101", "test_user_1", "test_user_1@mail.gov", "user", "admin"),
+        ("102", "test_user_2", "", "user", "test"),
+        ("500", "testAPI", "Ivanov@mail.gov", "group", ""),
+        ("555", "Typed in", "e555@example.test", "user", ""),
     ]
 
     again = import_extensions(pbx)
-    assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 2)
+    assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 3)
 
 
 @responses.activate

@@ -153,9 +153,13 @@ def test_a_routing_failure_is_still_a_result_0_answer(client, pbx, extensions, m
     assert response.status_code == 200 and response.json() == {"result": 0, "resultMessage": "Caller unknown"}
 
 
-def test_malformed_get_number_info_is_a_400_that_stores_nothing(client, pbx):
-    response = post(client, pbx, "get_number_info", b'{"from_number": ')
-    assert response.status_code == 400 and response.json() == {"result": 1, "resultMessage": "Invalid JSON"}
+@pytest.mark.parametrize("body", [b'{"from_number": ', b"[1, 2]", b"\xff\xfe not json"])
+def test_malformed_get_number_info_is_answered_in_shape_without_a_pin_and_stores_nothing(client, pbx, body):
+    # Issue 16 item 5: a 400 would leave the PBX waiting for a routing answer it can use; `result: 0` without
+    # a PIN makes it route the call by its own rules at once.
+    response = post(client, pbx, "get_number_info", body)
+    assert response.status_code == 200 and response.json() == {"result": 0, "resultMessage": "Caller unknown"}
+    assert response["X-Client-Sign"]
     assert not (RoutingDecision.objects.exists() or CallEvent.objects.exists())
 
 

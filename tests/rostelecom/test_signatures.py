@@ -163,10 +163,10 @@ def test_settings_refuse_an_unknown_time_zone_and_a_record_ip_that_is_not_an_add
     from integrations.providers.base import SchemaError
 
     with pytest.raises(SchemaError, match="time_zone"):
-        RostelecomProvider.clean_settings({"time_zone": "Mars/Olympus"})
+        RostelecomProvider.clean_settings({"domain": "acme.rt.ru", "time_zone": "Mars/Olympus"})
     with pytest.raises(SchemaError, match="record_ip"):
-        RostelecomProvider.clean_settings({"record_ip": "office"})
+        RostelecomProvider.clean_settings({"domain": "acme.rt.ru", "record_ip": "office"})
     cleaned = RostelecomProvider.clean_settings(
-        {"record_ip": "188.254.33.84", "time_zone": "Asia/Yekaterinburg"}
+        {"domain": "acme.rt.ru", "record_ip": "188.254.33.84", "time_zone": "Asia/Yekaterinburg"}
     )
     assert cleaned["record_ip"] == "188.254.33.84" and cleaned["routing_budget_ms"] == 800

@@ -38,10 +38,13 @@ class RostelecomProvider(RostelecomWebhooks, RostelecomApi, RostelecomCallInfo, 
     key = "rostelecom"
     settings_fields = (
         Field("api_url", "url", default="https://api.cloudpbx.rt.ru"),
+        # Required: users_info and call_back name the domain (the seed's users_info request carries it).
         Field("domain", "str", default=""),
         Field("routing_budget_ms", "int", default=800, minimum=100, maximum=10000),
         Field("time_zone", "str", default="Europe/Moscow"),
         Field("record_ip", "str", default=""),
+        # How call_back names the employee: "pin" (from_pin) or "sipuri" (from_sipuri = sip_login@domain).
+        Field("call_back_from", "choice", default="pin", choices=("pin", "sipuri")),
     )
     secret_fields = (Field("client_id", "secret"), Field("sign_key", "secret"))
     inbound_paths = ("call_events", "get_number_info")
@@ -53,6 +56,11 @@ class RostelecomProvider(RostelecomWebhooks, RostelecomApi, RostelecomCallInfo, 
     @classmethod
     def clean_settings(cls, data: dict[str, Any] | None) -> dict[str, Any]:
         cleaned = super().clean_settings(data)
+        if not str(cleaned.get("domain") or "").strip():
+            raise SchemaError(
+                "settings.domain",
+                "is required: the virtual PBX's domain, e.g. example.rt.ru (users_info and call_back name it)",
+            )
         try:
             zoneinfo.ZoneInfo(cleaned.get("time_zone") or "Europe/Moscow")
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):

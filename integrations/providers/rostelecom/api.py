@@ -66,16 +66,36 @@ class RostelecomApi:
         return answer
 
     def originate(self, request: OriginateRequest) -> OriginateResult:
-        """call_back: the PBX rings the employee's PIN, then dials the client; its session_id names the call."""
+        """call_back: the PBX rings the employee, then dials the client; its session_id names the call. The
+        employee is named by PIN (`from_pin`, the default) or, with `call_back_from: sipuri`, by SIP URI
+        (`from_sipuri`, the guide's own example) built from the extension's SIP login and the domain."""
+        payload = {"from_pin": request.extension, "request_number": request.phone}
+        if self.settings.get("call_back_from") == "sipuri":
+            payload = {"from_sipuri": self.sip_uri(request.extension), "request_number": request.phone}
         try:
-            answer = self.post(
-                "call_back",
-                {"from_pin": request.extension, "request_number": request.phone},
-                CALL_BACK_TIMEOUT,
-            )
+            answer = self.post("call_back", payload, CALL_BACK_TIMEOUT)
         except RostelecomError as exc:
             raise RostelecomError(str(exc), permanent=True, body=exc.body) from None
         return OriginateResult(str(answer.get("session_id") or ""))
+
+    def sip_uri(self, extension: str) -> str:
+        """`login@domain` for the extension; a login typed with its own `@host` is used as it is."""
+        from integrations.models import Extension
+
+        login = (
+            Extension.objects.filter(tenant_id=self.connection.tenant_id, number=extension)
+            .values_list("sip_login", flat=True)
+            .first()
+        )
+        login = (login or "").strip().removeprefix("sip:")
+        if not login:
+            raise ProviderError(
+                f"call_back by SIP URI: extension {extension} has no SIP login (import the directory from the "
+                "PBX or type it on the extension)",
+                permanent=True,
+            )
+        domain = str(self.settings.get("domain") or "").strip()
+        return login if "@" in login else f"{login}@{domain}"
 
     def recording_link(self, recording: Recording) -> str:
         """get_record: a temporary link, bound to `ip_adress` (sic) when record_ip is set."""
@@ -90,9 +110,10 @@ class RostelecomApi:
         return url
 
     def list_extensions(self) -> list[DirectoryEntry]:
-        """users_info: the domain's users (groups are not extensions anyone works at)."""
+        """users_info for the connection's domain: users with their SIP login (`name`), and groups with their
+        PINs as routing targets (a CRM may name a group as the responsible one; it rings the group's members)."""
         try:
-            answer = self.post("users_info", {})
+            answer = self.post("users_info", {})  # post() adds the required `domain`
         except RostelecomError as exc:
             raise RostelecomError(str(exc), permanent=True, body=exc.body) from None
         entries = []
@@ -102,8 +123,24 @@ class RostelecomApi:
             number = pin_of(user.get("pin"))
             if not number:
                 continue
-            name = str(user.get("display_name") or user.get("name") or "").strip()
+            login = str(user.get("name") or "").strip()
+            name = str(user.get("display_name") or login).strip()
             entries.append(
-                DirectoryEntry(number=number, name=name, email=str(user.get("email") or "").strip())
+                DirectoryEntry(
+                    number=number, name=name, email=str(user.get("email") or "").strip(), sip_login=login
+                )
             )
+        for group in answer.get("groups") or []:
+            if not isinstance(group, dict):
+                continue
+            number = pin_of(group.get("pin"))
+            if number:
+                entries.append(
+                    DirectoryEntry(
+                        number=number,
+                        name=str(group.get("name") or "").strip(),
+                        email=str(group.get("email") or "").strip(),
+                        kind="group",
+                    )
+                )
         return entries

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
@@ -13,7 +14,7 @@ from rest_framework.parsers import JSONParser
 from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 
-from integrations.providers.base import WebhookAuthError, WebhookInputError, secrets_equal
+from integrations.providers.base import WebhookAuthError, WebhookInputError, inbound_action, secrets_equal
 from integrations.providers.rostelecom.wire import (
     RANK_UNKNOWN,
     RANKS,
@@ -85,6 +86,7 @@ class RostelecomWebhooks:
 
     def handle(self, request: Request, action: str) -> Response:
         handlers = {"call_events": self.handle_call_events, "get_number_info": self.handle_get_number_info}
+        action = inbound_action(action)  # `…//call_events` and `…/call_events/` are `call_events`
         if action not in handlers:
             raise WebhookInputError(f"Unknown method {action!r}")
         return handlers[action](request)
@@ -120,26 +122,50 @@ class RostelecomWebhooks:
         """Whose caller is this: answered within routing_budget_ms, always `result: 0`; without a PIN the PBX
         routes by its own rules. Accepts the guide's body (domain, from_number, request_number) and the seed's
         call_events-shaped one (session_id, timestamp, type, state, …)."""
-        body = self.read_body(request)
+        started = time.monotonic()
+        unknown = {"result": 0, "resultMessage": "Caller unknown"}
+        try:
+            body = self.read_body(request)
+        except WebhookInputError as exc:
+            # A question we cannot read still gets an answer in time and in shape: no PIN, so the PBX routes
+            # the call by its own rules instead of waiting out its timeout.
+            logger.warning("rostelecom %s: get_number_info unreadable (%s)", self.connection.public_id, exc)
+            return self.answer(unknown)
         caller = parse_party(body.get("from_number"), self.region).phone
         if not caller:
-            return self.answer({"result": 0, "resultMessage": "Caller unknown"})
+            return self.answer(unknown)
         did = parse_party(body.get("request_number"), self.region).phone
         session_id = str(body.get("session_id") or "").strip()
+        # The budget covers the whole answer: what reading the request already took is not given to the CRMs.
+        budget_ms = int(self.settings.get("routing_budget_ms") or 800)
+        remaining_ms = max(1, budget_ms - int((time.monotonic() - started) * 1000))
         try:
-            decision = self.resolve_caller(caller, did, session_id)
+            decision = self.resolve_caller(caller, did, session_id, remaining_ms)
         except Exception:  # never a 5xx: without our answer the PBX waits out its timeout
             logger.exception("rostelecom %s: routing failed", self.connection.public_id)
-            return self.answer({"result": 0, "resultMessage": "Caller unknown"})
+            return self.answer(unknown)
         known = bool(decision.extension or decision.display_name)
         data: dict[str, Any] = {"result": 0, "resultMessage": "Caller found" if known else "Caller unknown"}
         if decision.display_name:
             data["displayName"] = decision.display_name
         if decision.extension:
             data["PIN"] = decision.extension
-        return self.answer(data)
+        response = self.answer(data)
+        # The decision and the cache are written once the answer is on its way (Django closes the response
+        # after sending it), so those writes never add to the PBX's wait.
+        response._resource_closers.append(lambda: self._record_decision(decision))
+        return response
 
-    def resolve_caller(self, caller: str, did: str, session_id: str) -> Any:
+    def _record_decision(self, decision: Any) -> None:
+        from calls.routing import save_decision
+
+        try:
+            save_decision(decision)
+        except Exception:  # the PBX has its answer; a lost ledger row must not surface anywhere else
+            logger.exception("rostelecom %s: routing decision not recorded", self.connection.public_id)
+
+    def resolve_caller(self, caller: str, did: str, session_id: str, deadline_ms: int | None = None) -> Any:
+        """The routing decision, unsaved (handle_get_number_info records it after answering)."""
         from calls.models import Call
         from calls.routing import resolve
 
@@ -152,9 +178,27 @@ class RostelecomWebhooks:
             did,
             call=call,
             provider_call_id=session_id,
-            deadline_ms=int(self.settings.get("routing_budget_ms") or 800),
+            deadline_ms=deadline_ms or int(self.settings.get("routing_budget_ms") or 800),
             pbx_connection=self.connection,
+            defer_writes=True,
         )
+
+    def pin_of_login(self, party: Party) -> str:
+        """The PIN of the employee an event names by SIP login or SIP URI (`ivan@domain`), from the logins
+        imported from users_info (Extension.sip_login); "" when no extension has that login."""
+        from integrations.models import Extension
+
+        if not party.login:
+            return ""
+        logins = {party.login.lower(), str(party.raw or "").strip().lower().removeprefix("sip:")}
+        for number, login in (
+            Extension.objects.filter(tenant_id=self.connection.tenant_id, kind=Extension.USER)
+            .exclude(sip_login="")
+            .values_list("number", "sip_login")
+        ):
+            if login.strip().lower() in logins:
+                return number
+        return ""
 
     def to_event(self, body: dict[str, Any]) -> NormalisedEvent:
         from calls.events import NormalisedEvent
@@ -174,8 +218,8 @@ class RostelecomWebhooks:
 
         caller = parse_party(body.get("from_number"), self.region)
         callee = parse_party(body.get("request_number"), self.region)
-        caller_pin = pin_of(body.get("from_pin")) or caller.extension
-        callee_pin = pin_of(body.get("request_pin")) or callee.extension
+        caller_pin = pin_of(body.get("from_pin")) or caller.extension or self.pin_of_login(caller)
+        callee_pin = pin_of(body.get("request_pin")) or callee.extension or self.pin_of_login(callee)
         kind = KINDS.get(state, "unknown")
 
         client, external = Party(""), ""
