@@ -40,6 +40,14 @@ pytestmark = pytest.mark.django_db
 PLANFIX_URL = "https://acme.planfix.ru/tel/api"
 # The tokens of the seed's examples: Planfix's own, and the one the portal issued to Planfix.
 PLANFIX_TOKEN = "303cb962ac59075b964b07152d234b70"
+
+
+def seed_form(name: str) -> dict:
+    """The seed's example request, plus `token`: the portal sends the Planfix token under both names the
+    documentation uses (issue 16 item 12)."""
+    return {**form(fixture_text("planfix", name)), "token": PLANFIX_TOKEN}
+
+
 PBX_TOKEN = "202cb962ac59075b964b07152d234b70"
 SEED_CALL_ID = "D10D0EB124F4E64AF4EA-1511"
 
@@ -270,7 +278,7 @@ def test_contact_sends_the_seeds_request_and_routes_to_the_responsible_employee(
         pbx_connection=pbx,
     )
 
-    assert sent_to_planfix() == [form(fixture_text("planfix", "contact.txt"))]
+    assert sent_to_planfix() == [seed_form("contact.txt")]
     assert (decision.extension, decision.display_name, decision.source) == (
         "103",
         "Иванов Иван Иванович",
@@ -335,7 +343,7 @@ def test_the_seeds_completed_event_carries_diversion_and_the_analytics_fields(te
         ("ACCEPTED", "102", ""),
         ("COMPLETED", "102", "Success"),
     ]
-    assert sent_to_planfix()[-1] == form(fixture_text("planfix", "event_completed.txt"))
+    assert sent_to_planfix()[-1] == seed_form("event_completed.txt")
 
 
 @responses.activate
@@ -356,7 +364,7 @@ def test_the_seeds_record_message_follows_with_the_permanent_link(tenant, planfi
     store_recording(call, token="d3cfd85e3102ec7-permanent-link-token")
     deliver(planfix)
 
-    assert sent_to_planfix()[-1] == form(fixture_text("planfix", "record.txt"))
+    assert sent_to_planfix()[-1] == seed_form("record.txt")
 
 
 OUTGOING_STATUSES = [
@@ -557,3 +565,27 @@ def test_planfix_timeouts_and_5xx_are_retried_later(planfix, pbx, failure):
     job.refresh_from_db()
     assert (job.status, job.attempts) == (OutboundJob.PENDING, 1)
     assert job.next_attempt_at > job.created_at
+
+
+@responses.activate
+def test_every_message_to_planfix_carries_the_token_as_planfix_token_and_as_token(
+    tenant, planfix, pbx, extensions, settings
+):
+    """Issue 16 item 12: seed 000's prose says "token", its tables and examples "planfix_token"; both go."""
+    settings.PUBLIC_BASE_URL = "https://portal.example.test"
+    planfix_accepts()
+    routing.resolve(tenant, "+79101234567", "", provider_call_id=SEED_CALL_ID, pbx_connection=pbx)
+    script = CallScript(SEED_CALL_ID)
+    call = play(
+        pbx,
+        script.event(1, "ringing", "101"),
+        script.event(6, "answered", "101"),
+        script.event(60, "completed", recorded=True),
+    )
+    deliver(planfix)
+    store_recording(call, token="permanent-link-token")
+    deliver(planfix)
+
+    sent = sent_to_planfix()
+    assert {m["cmd"] for m in sent} == {"contact", "event", "record"}
+    assert all(m["planfix_token"] == m["token"] == PLANFIX_TOKEN for m in sent)

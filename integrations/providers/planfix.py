@@ -74,6 +74,7 @@ OUTGOING_STATUS = {
 }
 OUTGOING_DEFAULT = "NoAnswer"
 CONNECT_TIMEOUT = 3.05
+TOKEN_FIELDS = ("planfix_token", "token")
 # COMPLETED legs: the call's own (duration, status, recording, analytics) or a colleague's closing card.
 CALL_LEG, COLLEAGUE_LEG = "call", "colleague"
 
@@ -205,7 +206,7 @@ class PlanfixProvider(CrmProvider):
         fields = {"cmd": "contact", "phone": digits_only(query.caller)}
         if query.provider_call_id:
             fields["callid"] = query.provider_call_id
-        fields["planfix_token"] = self.secrets.get("planfix_token", "")
+        fields.update(self.token_fields())
         try:
             response = post_form(
                 self.settings["api_url"],
@@ -297,7 +298,7 @@ class PlanfixProvider(CrmProvider):
                 )
         # Unknown values are left out rather than sent empty (a call without a DID, a card without an owner).
         fields = {k: v for k, v in fields.items() if v != ""}
-        fields["planfix_token"] = self.secrets.get("planfix_token", "")
+        fields.update(self.token_fields())
         if event == COMPLETED and hints.get("leg") != COLLEAGUE_LEG:
             fields.update(self.analytics_fields(call))
         return fields
@@ -328,8 +329,16 @@ class PlanfixProvider(CrmProvider):
             "callid": call.provider_call_id,
             "record_link": recording.public_url,
             "is_temp": "0",  # the portal's link is permanent: Planfix may stream it as well as copy it
-            "planfix_token": self.secrets.get("planfix_token", ""),
+            **self.token_fields(),
         }
+
+    def token_fields(self) -> dict[str, str]:
+        """The Planfix token under both names the documentation uses: its prose (seed 000 and
+        planfix.com/help/VoIP_API: "the special key must always be passed in the body of the request, in the
+        'token' field") says `token`, every parameter table and example says `planfix_token`. Nothing says a
+        second field is refused, so both carry the same value."""
+        token = self.secrets.get("planfix_token", "")
+        return dict.fromkeys(TOKEN_FIELDS, token)
 
     def _send(self, fields: dict[str, str]) -> str:
         url = self.settings.get("api_url")
@@ -351,7 +360,7 @@ class PlanfixProvider(CrmProvider):
                 body=exc.body,
             )
         if exc.status == 400:
-            sent = {k: v for k, v in fields.items() if k != "planfix_token"}
+            sent = {k: v for k, v in fields.items() if k not in TOKEN_FIELDS}
             logger.warning("planfix %s: Planfix refused %s as invalid parameters", self.connection, sent)
             return ProviderError(
                 f"Planfix refused the {fields.get('cmd')} message as invalid parameters (400)",
