@@ -312,8 +312,27 @@ def compute_notices(
             for ext in call.rang_extensions:
                 if ext not in call.answered_extensions:
                     notices.append(Notice("leg_cancelled", last + CANCEL_SUFFIX, ext))
+        # A transfer: everyone who talked before the last one gets a completion of their own.
+        for ext in call.answered_extensions:
+            if ext != call.responsible_extension:
+                talk = _talk_seconds_of(ext, events)
+                notices.append(Notice("leg_completed", last + CANCEL_SUFFIX, ext, talk_seconds=talk))
         notices.append(Notice("completed", last + COMPLETED_SUFFIX, call.responsible_extension))
     return notices
+
+
+def _talk_seconds_of(extension: str, events: Sequence[NormalisedEvent]) -> int | None:
+    """How long `extension` talked: its answered → leg_ended spans; None when the events have no such pair."""
+    total, opened, seen = 0.0, None, False
+    for event in sorted(events, key=lambda e: e.order_key):
+        if event.extension != extension:
+            continue
+        if event.kind == "answered" and opened is None:
+            opened = event.timestamp
+        elif event.kind in {"leg_ended", "completed"} and opened is not None:
+            total += max(0.0, (event.timestamp - opened).total_seconds())
+            opened, seen = None, True
+    return int(total) if seen else None
 
 
 def _leg_moved_on(event: NormalisedEvent, events: Sequence[NormalisedEvent]) -> bool:

@@ -277,7 +277,7 @@ def test_new_connection_gets_its_token_generated_and_announced(world):
     )
     wire = CrmConnection.objects.get(key="wire")
     assert set(wire.secrets) == {"webhook_url", "pbx_token"}
-    assert wire.settings == {"start_timeout_ms": 700}
+    assert wire.settings == {"start_timeout_ms": 700, "popup_ttl_seconds": 120}
     assert wire.secrets["pbx_token"] in response.content.decode()
     assert "https://acme.wirecrm.com/api/pbx/hook/xyz" not in response.content.decode()
 

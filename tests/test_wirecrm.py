@@ -8,10 +8,12 @@ import email
 import email.policy
 import re
 import time
+from typing import Any
 
 import pytest
 import requests
 import responses
+from django.utils import timezone
 
 from calls import outbox, routing
 from calls.models import OriginateRequest, OutboundJob, RoutingDecision
@@ -144,7 +146,7 @@ def test_events_that_arrive_after_the_calls_end_open_no_card(pbx, wirecrm):
 
 
 @responses.activate
-def test_messages_never_expire_and_keep_the_calls_order_when_wirecrm_was_away(pbx, wirecrm):
+def test_history_messages_never_expire_and_keep_the_calls_order_when_wirecrm_was_away(pbx, wirecrm):
     call = seed_call(
         "in_650cb316b6adab6df1b77bc34e973d20b9028da1",
         "2019-01-29 17:40:03",
@@ -157,8 +159,15 @@ def test_messages_never_expire_and_keep_the_calls_order_when_wirecrm_was_away(pb
 
     deliver(wirecrm)
 
-    assert sent_to_wirecrm() == fixture_json("wirecrm", "answered_incoming_two_extensions.json")
-    assert not OutboundJob.objects.filter(status=OutboundJob.EXPIRED).exists()
+    # NOTIFY_START and NOTIFY_END build WireCRM's history: sent, in order. The two NOTIFY_INTERNAL only opened
+    # cards for a call that is over: expired (issue 16 item 10), and the END went out all the same.
+    expected = fixture_json("wirecrm", "answered_incoming_two_extensions.json")
+    assert sent_to_wirecrm() == [m for m in expected if m["event"] != "NOTIFY_INTERNAL"]
+    expired = OutboundJob.objects.filter(status=OutboundJob.EXPIRED)
+    assert sorted((job.kind, job.payload["internal"]) for job in expired) == [
+        ("wirecrm.notify_internal", "100"),
+        ("wirecrm.notify_internal", "104"),
+    ]
 
 
 @responses.activate
@@ -292,7 +301,7 @@ def test_no_card_opens_after_the_end_of_the_call_was_sent(pbx, wirecrm):
 
     assert len(sent_to_wirecrm()) == sent
     job = OutboundJob.objects.get(kind="wirecrm.notify_internal", payload__internal="104")
-    assert job.status == OutboundJob.SENT and job.last_response.startswith("skipped")
+    assert job.status == OutboundJob.EXPIRED  # the call is over: a pop-up for it expires
 
 
 @responses.activate
@@ -358,8 +367,9 @@ def test_timeouts_408_429_and_5xx_are_retried_later(pbx, wirecrm, failure):
 
     job.refresh_from_db()
     assert (job.status, job.attempts) == (OutboundJob.PENDING, 1)
-    # ...and the call's later messages wait behind it.
-    assert OutboundJob.objects.filter(crm_connection=wirecrm, status=OutboundJob.PENDING).count() == 3
+    # ...and the call's later history message waits behind it (the card for the ended call expired).
+    pending = OutboundJob.objects.filter(crm_connection=wirecrm, status=OutboundJob.PENDING)
+    assert sorted(pending.values_list("kind", flat=True)) == ["wirecrm.notify_end", "wirecrm.notify_start"]
 
 
 # ---- NOTIFY_START as a routing answer -------------------------------------------------------------------
@@ -373,9 +383,12 @@ def route(tenant, pbx, provider_call_id: str = ROUTED_CALL) -> RoutingDecision:
     )
 
 
-def routed_call_rings_and_ends(pbx) -> None:
+def routed_call_rings_and_ends(pbx, wirecrm) -> None:
+    """The routed call rings 101 (the relay runs while it rings, so the card opens), then is answered and ends."""
     call = CallScript(ROUTED_CALL, client="+79880000000", did="+79191010100")
-    play(pbx, call.event(0, "ringing", "101"), call.event(3, "answered", "101"), call.event(20, "completed"))
+    play(pbx, call.event(0, "ringing", "101"))
+    deliver(wirecrm)
+    play(pbx, call.event(3, "answered", "101"), call.event(20, "completed"))
 
 
 @responses.activate
@@ -392,7 +405,7 @@ def test_notify_start_answered_with_a_caller_name_names_the_caller_and_is_not_se
     assert start == fixture_json("wirecrm", "notify_start_routing.json")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", call_start)
 
-    routed_call_rings_and_ends(pbx)
+    routed_call_rings_and_ends(pbx, wirecrm)
     deliver(wirecrm)
 
     assert [m["event"] for m in sent_to_wirecrm()] == ["NOTIFY_START", "NOTIFY_INTERNAL", "NOTIFY_END"]
@@ -437,7 +450,7 @@ def test_a_notify_start_without_a_2xx_in_time_is_sent_again_by_the_outbox(
 
     assert decision.source == "none" and "wirecrm" in decision.detail["failed"]
     responses.replace(responses.POST, WEBHOOK_URL, body="")
-    routed_call_rings_and_ends(pbx)
+    routed_call_rings_and_ends(pbx, wirecrm)
     deliver(wirecrm)
 
     events = [m["event"] for m in sent_to_wirecrm()]
@@ -469,7 +482,7 @@ def test_without_the_pbx_call_id_wirecrm_is_not_asked_and_the_outbox_sends_notif
     decision = routing.resolve(tenant, "+79880000000", "+79191010100", pbx_connection=pbx)
 
     assert len(responses.calls) == 0 and decision.detail["asked"] == []
-    routed_call_rings_and_ends(pbx)
+    routed_call_rings_and_ends(pbx, wirecrm)
     deliver(wirecrm)
     assert [m["event"] for m in sent_to_wirecrm()] == ["NOTIFY_START", "NOTIFY_INTERNAL", "NOTIFY_END"]
 
@@ -564,3 +577,108 @@ class TestWireCrmWebhookSecurity(WebhookSecurityContract):
             "content_type": "application/x-www-form-urlencoded",
             "headers": headers,
         }
+
+
+# ---- issue 16: NOTIFY_START's answer used and sent once; NOTIFY_INTERNAL expires --------------------------
+
+
+@pytest.fixture
+def fake_crm_registered(monkeypatch):
+    from integrations.providers import base as providers_base
+    from tests.pipeline.fake_providers import register
+
+    register(monkeypatch, "fakecrm", "tests.pipeline.fake_providers.FakeCrm", providers_base.CRM)
+
+
+def fake_crm(tenant, priority: int, answer: dict, delay: float = 0) -> Any:
+    return CrmConnectionFactory(
+        tenant=tenant,
+        provider="fakecrm",
+        key=f"fake{priority}",
+        priority=priority,
+        settings={"answer": answer, "delay": delay},
+        secrets={},
+    )
+
+
+@responses.activate
+def test_wirecrm_is_asked_with_the_call_id_even_when_another_crms_answer_is_cached(
+    tenant, pbx, wirecrm, extensions, fake_crm_registered
+):
+    fake_crm(tenant, 1, {"display_name": "Cached Name"})
+    responses.add(responses.POST, WEBHOOK_URL, json=fixture_json("wirecrm", "answer_redirect.json"))
+    route(tenant, pbx, "first-call")  # caches both answers
+
+    decision = route(tenant, pbx)  # a new call of the same caller, with its call id
+
+    assert (decision.extension, decision.source, decision.display_name) == ("101", "wirecrm", "Cached Name")
+    starts = [m for m in sent_to_wirecrm() if m["event"] == "NOTIFY_START"]
+    assert [m["pbx_call_id"] for m in starts] == ["first-call", ROUTED_CALL]
+
+
+@responses.activate
+def test_wirecrms_answer_is_cached_for_the_callers_next_call(tenant, pbx, wirecrm, extensions):
+    responses.add(responses.POST, WEBHOOK_URL, json=fixture_json("wirecrm", "answer_redirect.json"))
+    route(tenant, pbx)
+
+    # A question without a call id (Rostelecom's guide-shaped get_number_info) cannot send NOTIFY_START...
+    decision = routing.resolve(tenant, "+79880000000", "+79191010100", pbx_connection=pbx)
+
+    # ...but WireCRM's last answer for this caller still routes the call.
+    assert (decision.extension, decision.source) == ("101", "cache")
+    assert len(sent_to_wirecrm()) == 1
+
+
+@responses.activate
+def test_notify_start_is_sent_once_when_a_higher_priority_crm_answers_first(
+    tenant, pbx, wirecrm, extensions, fake_crm_registered
+):
+    fake_crm(tenant, 1, {"extension": "104", "display_name": "Fast CRM"})
+    wirecrm.priority = 5
+    wirecrm.save()
+
+    def slower_answer(request):
+        time.sleep(0.15)  # well within start_timeout_ms, but after the faster CRM
+        return 200, {}, '{"caller_name": "Иванов Иван"}'
+
+    responses.add_callback(responses.POST, WEBHOOK_URL, callback=slower_answer)
+
+    decision = route(tenant, pbx)
+
+    assert (decision.extension, decision.display_name) == ("104", "Fast CRM")
+    assert "wirecrm" in decision.detail["asked"] and "late" not in decision.detail
+    responses.replace(responses.POST, WEBHOOK_URL, body="")
+    routed_call_rings_and_ends(pbx, wirecrm)
+    deliver(wirecrm)
+    events = [m["event"] for m in sent_to_wirecrm()]
+    assert events == ["NOTIFY_START", "NOTIFY_INTERNAL", "NOTIFY_END"]
+
+
+@responses.activate
+def test_notify_internal_expires_after_popup_ttl_seconds_and_the_end_still_goes_out(pbx, wirecrm):
+    wirecrm.settings = {"start_timeout_ms": 700, "popup_ttl_seconds": 30}
+    wirecrm.save()
+    responses.add(responses.POST, WEBHOOK_URL, status=503)  # WireCRM is down while 101 rings
+    script = CallScript("in-outage")
+    play(pbx, script.event(0, "ringing", "101"))
+    deliver(wirecrm)
+    internal = OutboundJob.objects.get(kind="wirecrm.notify_internal")
+    assert internal.expires_at is not None
+    assert 29 <= (internal.expires_at - internal.created_at).total_seconds() <= 31
+
+    # The outage outlasts the card's 30 seconds (moved forward here in the ledger, not by mocking time).
+    OutboundJob.objects.filter(pk=internal.pk).update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+    responses.replace(responses.POST, WEBHOOK_URL, body="")
+    OutboundJob.objects.filter(status=OutboundJob.PENDING).update(next_attempt_at=timezone.now())
+    deliver(wirecrm)
+    play(pbx, script.event(40, "completed"))
+    deliver(wirecrm)
+
+    internal.refresh_from_db()
+    assert internal.status == OutboundJob.EXPIRED
+    delivered = [
+        multipart_fields(c.request)["event"]
+        for c in responses.calls
+        if c.request.url == WEBHOOK_URL and getattr(c.response, "status_code", None) == 200
+    ]
+    assert delivered == ["NOTIFY_START", "NOTIFY_END"]

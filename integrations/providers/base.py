@@ -218,9 +218,13 @@ class JobSpec:
     call: Call | None = None
     order_key: str = ""
     due_at: dt.datetime | None = None
+    # Overrides the kind's ttl for this one job (a connection setting, e.g. WireCRM popup_ttl_seconds).
+    expires_at: dt.datetime | None = None
 
 
-NoticeKind = Literal["ringing", "dialing", "answered", "leg_cancelled", "completed", "recording_stored"]
+NoticeKind = Literal[
+    "ringing", "dialing", "answered", "leg_cancelled", "leg_completed", "completed", "recording_stored"
+]
 
 
 @dataclass(frozen=True)
@@ -229,13 +233,15 @@ class Notice:
 
     ringing: an incoming call rings `extension` (opens a card); dialing: `extension` started an outgoing call;
     answered: `extension` took the call; leg_cancelled: `extension` rang but a colleague answered, or the
-    caller hung up (closes that card); completed: the call is final for CRMs; recording_stored: the file is
-    in storage and `/records/<token>` serves it.
+    caller hung up (closes that card); leg_completed: `extension` talked but the call went on to a colleague
+    (a transfer), with its own `talk_seconds` when the events give them (closes that card); completed: the call
+    is final for CRMs; recording_stored: the file is in storage and `/records/<token>` serves it.
     """
 
     kind: NoticeKind
     order_key: str
     extension: str = ""
+    talk_seconds: int | None = None
 
 
 @dataclass(frozen=True)

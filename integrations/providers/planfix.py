@@ -75,8 +75,10 @@ OUTGOING_STATUS = {
 OUTGOING_DEFAULT = "NoAnswer"
 CONNECT_TIMEOUT = 3.05
 TOKEN_FIELDS = ("planfix_token", "token")
-# COMPLETED legs: the call's own (duration, status, recording, analytics) or a colleague's closing card.
-CALL_LEG, COLLEAGUE_LEG = "call", "colleague"
+# COMPLETED legs: the call's own (duration, status, recording, analytics), a colleague's closing card, or the
+# card of an employee who talked and then transferred the call (their own talk time; see event_fields).
+CALL_LEG, COLLEAGUE_LEG, TRANSFERRED_LEG = "call", "colleague", "transferred"
+LEGS = {"completed": CALL_LEG, "leg_cancelled": COLLEAGUE_LEG, "leg_completed": TRANSFERRED_LEG}
 
 
 def completion_status(call: Call) -> str:
@@ -233,7 +235,7 @@ class PlanfixProvider(CrmProvider):
             spec = self._spec(call, notice)
             if spec is None:
                 continue
-            if notice.kind == "leg_cancelled" and spec.dedupe_key in specs:
+            if notice.kind in {"leg_cancelled", "leg_completed"} and spec.dedupe_key in specs:
                 continue  # the call's own COMPLETED to this extension already closes its card
             specs[spec.dedupe_key] = spec  # ...and replaces a colleague's COMPLETED to the same extension
         return list(specs.values())
@@ -247,15 +249,11 @@ class PlanfixProvider(CrmProvider):
             return JobSpec(
                 KIND_POPUP, f"{call.pk}:{event}:{ext}", {"event": event, "ext": ext}, call, notice.order_key
             )
-        if notice.kind in {"leg_cancelled", "completed"}:
-            leg = COLLEAGUE_LEG if notice.kind == "leg_cancelled" else CALL_LEG
-            return JobSpec(
-                KIND_COMPLETED,
-                f"{call.pk}:{COMPLETED}:{ext}",
-                {"event": COMPLETED, "ext": ext, "leg": leg},
-                call,
-                notice.order_key,
-            )
+        if notice.kind in LEGS:
+            hints: dict[str, Any] = {"event": COMPLETED, "ext": ext, "leg": LEGS[notice.kind]}
+            if notice.talk_seconds is not None:
+                hints["talk_seconds"] = notice.talk_seconds
+            return JobSpec(KIND_COMPLETED, f"{call.pk}:{COMPLETED}:{ext}", hints, call, notice.order_key)
         if notice.kind == "recording_stored":
             return JobSpec(KIND_RECORD, f"{call.pk}:record", {}, call, notice.order_key)
         return None
@@ -290,6 +288,13 @@ class PlanfixProvider(CrmProvider):
             if hints.get("leg") == COLLEAGUE_LEG:
                 status = COLLEAGUE_STATUS if call.result == "answered" else INCOMING_DEFAULT
                 fields.update(duration="0", is_recorded="0", status=status)
+            elif hints.get("leg") == TRANSFERRED_LEG:
+                # Planfix keeps one call per callid: the call's own COMPLETED (to the last who talked) carries
+                # its status, recording and analytics. The earlier employee's card is closed the way Planfix
+                # documents for a call another employee holds (Cancelled), with their own talk time; outgoing
+                # calls have no Cancelled, so Success.
+                status = COLLEAGUE_STATUS if call.direction == Call.IN else OUTGOING_STATUS["answered"]
+                fields.update(duration=str(hints.get("talk_seconds") or 0), is_recorded="0", status=status)
             else:
                 fields.update(
                     duration=str(call.talk_seconds or 0),
@@ -299,7 +304,7 @@ class PlanfixProvider(CrmProvider):
         # Unknown values are left out rather than sent empty (a call without a DID, a card without an owner).
         fields = {k: v for k, v in fields.items() if v != ""}
         fields.update(self.token_fields())
-        if event == COMPLETED and hints.get("leg") != COLLEAGUE_LEG:
+        if event == COMPLETED and hints.get("leg", CALL_LEG) == CALL_LEG:
             fields.update(self.analytics_fields(call))
         return fields
 

@@ -35,6 +35,7 @@ from integrations.providers.base import (
     FINAL,
     CrmProvider,
     Field,
+    JobKind,
     JobSpec,
     Notice,
     ProviderError,
@@ -82,6 +83,7 @@ DEFAULT_DISPOSITION = "failed"
 NO_OUTBOUND_NUMBER = "0"  # WireCRM: caller_id of an outgoing call when no outbound number is set
 CONNECT_TIMEOUT = 3.05
 MAKE_CALL = "make-call"
+POPUP_TTL_SECONDS = 120  # base.POPUP's ttl: the ringing pop-ups of Planfix and RetailCRM
 
 # Click-to-call failures, shown to the WireCRM user.
 MESSAGES = {
@@ -126,11 +128,23 @@ def start_fields(
 class WireCrmProvider(CrmProvider):
     key = "wirecrm"
     auth_failure_status = 401
-    settings_fields = (Field("start_timeout_ms", "int", default=700, minimum=100, maximum=5000),)
+    settings_fields = (
+        Field("start_timeout_ms", "int", default=700, minimum=100, maximum=5000),
+        # NOTIFY_INTERNAL opens a card: not sent this long after the extension started ringing, or once the
+        # call has ended, it expires (the same two minutes as other CRMs' ringing pop-ups).
+        Field("popup_ttl_seconds", "int", default=POPUP_TTL_SECONDS, minimum=10, maximum=3600),
+    )
     secret_fields = (Field("webhook_url", "url"), Field("pbx_token", "secret", issued=True))
     inbound_paths = (MAKE_CALL,)
-    # WireCRM's history depends on every message: none expires, all wait for the call's earlier ones.
-    job_kinds = {kind: FINAL for kind in KINDS.values()}
+    # WireCRM's history is built from NOTIFY_START/END/OUT_*/RECORD: those never expire, and all wait for the
+    # call's earlier messages. NOTIFY_INTERNAL only opens a card (seed 002: "Всплывающая карточка"), so it is a
+    # pop-up: it expires with the call or after popup_ttl_seconds; the call's NOTIFY_END goes out regardless.
+    job_kinds = {
+        **{kind: FINAL for kind in KINDS.values()},
+        KINDS[NOTIFY_INTERNAL]: JobKind(
+            window=FINAL.window, ttl=dt.timedelta(seconds=POPUP_TTL_SECONDS), expires_on_call_end=True
+        ),
+    }
 
     # ---- inbound: click-to-call -------------------------------------------------------------------------
 
@@ -242,11 +256,14 @@ class WireCrmProvider(CrmProvider):
                 specs.append(self._spec(call, NOTIFY_RECORD, notice.order_key))
         return specs
 
-    @staticmethod
-    def _spec(call: Call, event: str, order_key: str, internal: str = "") -> JobSpec:
+    def _spec(self, call: Call, event: str, order_key: str, internal: str = "") -> JobSpec:
         dedupe = f"{call.pk}:{event}:{internal}" if internal else f"{call.pk}:{event}"
         hints = {"event": event, "internal": internal} if internal else {"event": event}
-        return JobSpec(KINDS[event], dedupe, hints, call, order_key)
+        expires_at = None
+        if event == NOTIFY_INTERNAL:
+            ttl = int(self.settings.get("popup_ttl_seconds") or POPUP_TTL_SECONDS)
+            expires_at = timezone.now() + dt.timedelta(seconds=ttl)
+        return JobSpec(KINDS[event], dedupe, hints, call, order_key, expires_at=expires_at)
 
     def perform(self, job: OutboundJob) -> str:
         call = job.call

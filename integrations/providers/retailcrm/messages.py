@@ -86,6 +86,11 @@ class RetailCrmMessages:
             elif n.kind == "leg_cancelled" and not (completed and completed.extension == n.extension):
                 payload = {"type": "hangup", "codes": [n.extension], "leg": "cancelled"}
                 specs.append(JobSpec(HANGUP, f"hangup:{call.pk}:{n.extension}", payload, call, n.order_key))
+            elif n.kind == "leg_completed":
+                # A transfer: the employee who talked first gets a hangup of their own (hangupStatus from the
+                # call's result, "answered"), which closes their card; hangup events make no history entry.
+                payload = {"type": "hangup", "codes": [n.extension], "leg": "transferred"}
+                specs.append(JobSpec(HANGUP, f"hangup:{call.pk}:{n.extension}", payload, call, n.order_key))
             elif n.kind == "completed":
                 payload = {"type": "hangup", "codes": [n.extension], "leg": "completed"}
                 specs.append(JobSpec(HANGUP, f"hangup:{call.pk}:{n.extension}", payload, call, n.order_key))
