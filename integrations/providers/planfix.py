@@ -75,6 +75,10 @@ OUTGOING_STATUS = {
 OUTGOING_DEFAULT = "NoAnswer"
 CONNECT_TIMEOUT = 3.05
 TOKEN_FIELDS = ("planfix_token", "token")
+# A caller who withheld their number: Planfix's `event` has `phone` in every example and no value for "no number";
+# left out, the message risks "Invalid parameters". "anonymous" (the SIP convention for a withheld caller id)
+# matches no contact, so Planfix shows the call without one (docs/providers/planfix.md).
+ANONYMOUS_PHONE = "anonymous"
 # COMPLETED legs: the call's own (duration, status, recording, analytics), a colleague's closing card, or the
 # card of an employee who talked and then transferred the call (their own talk time; see event_fields).
 CALL_LEG, COLLEAGUE_LEG, TRANSFERRED_LEG = "call", "colleague", "transferred"
@@ -279,7 +283,7 @@ class PlanfixProvider(CrmProvider):
             "cmd": "event",
             "type": call.direction,
             "event": event,
-            "phone": _phone_digits(call.client_phone, call.client_phone_raw),
+            "phone": _phone_digits(call.client_phone, call.client_phone_raw) or ANONYMOUS_PHONE,
             "diversion": _phone_digits(call.external_phone),
             "ext": hints.get("ext", ""),
             "callid": call.provider_call_id,

@@ -120,7 +120,8 @@ def start_fields(
         "event": NOTIFY_START,
         "call_start": local_timestamp(started_at, tz),
         "pbx_call_id": pbx_call_id,
-        "caller_id": _digits(caller),
+        # A withheld number: "0", WireCRM's own documented value for "no number" (NOTIFY_OUT_* caller_id).
+        "caller_id": _digits(caller) or NO_OUTBOUND_NUMBER,
         "called_did": _digits(did),
     }
 

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("callbridge.retailcrm")
 
 
+# A caller who withheld their number. RetailCRM documents `phone` as required in call/event and always present in
+# calls/upload, and no value for "no number"; "anonymous" is what PBXs themselves write for a withheld caller id
+# (the SIP convention), matches no customer, and keeps the card and the history entry (docs/providers/retailcrm.md).
+ANONYMOUS_PHONE = "anonymous"
 EVENT = "retailcrm.event"
 HANGUP = "retailcrm.hangup"
 UPLOAD = "retailcrm.upload"
@@ -135,9 +139,7 @@ class RetailCrmMessages:
         codes = [c for c in job.payload.get("codes") or [] if c]
         if call is None or not codes:
             return None
-        phone = call.client_phone or call.client_phone_raw
-        if not phone:
-            raise ProviderError("the call has no client phone number", permanent=True)
+        phone = call.client_phone or call.client_phone_raw or ANONYMOUS_PHONE
         event: dict[str, Any] = {
             "phone": phone,
             "type": job.payload["type"],
@@ -184,7 +186,7 @@ class RetailCrmMessages:
         item: dict[str, Any] = {
             "date": timezone.localtime(started, tz).strftime("%Y-%m-%d %H:%M:%S"),
             "type": call.direction,
-            "phone": call.client_phone or call.client_phone_raw,
+            "phone": call.client_phone or call.client_phone_raw or ANONYMOUS_PHONE,
             "result": UPLOAD_RESULT.get(call.result, "unknown"),
             "duration": int(call.talk_seconds or 0),
             "durationWaiting": int(call.wait_seconds or 0),
