@@ -583,6 +583,23 @@ class CrmConnectionAdmin(ConnectionAdmin):
     list_display = ("__str__", "tenant", "provider", "priority", "active", "error_flag")
     main_fields = ("tenant", "key", "provider", "active", "priority")
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
+        return [*super().get_readonly_fields(request, obj), "crm_proposals_display"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None) -> list[Any]:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None and getattr(obj, "crm_proposals", None):
+            fieldsets.append(("Proposals from the CRM", {"fields": ["crm_proposals_display"]}))
+        return fieldsets
+
+    @admin.display(description="Entered in the CRM, not mapped here")
+    def crm_proposals_display(self, obj: CrmConnection) -> str:
+        """What users entered in RetailCRM for extensions or phones the portal does not map (allow_crm_edits):
+        kept in RetailCRM; "Import mappings edited in RetailCRM" adopts them."""
+        return "; ".join(
+            ", ".join(f"{k} {v}" for k, v in proposal.items()) for proposal in obj.crm_proposals or []
+        )
+
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         """Every CRM provider's own operations (RetailCRM: register the module, read it back, propose
         mappings), offered to those who may operate; each runs on the selected connections of its provider."""

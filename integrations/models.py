@@ -212,6 +212,12 @@ class CrmConnection(Connection):
     priority = models.PositiveIntegerField(
         default=10, help_text="Routing asks CRMs in this order: a lower number is asked first."
     )
+    crm_proposals = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Mappings entered in the CRM that the portal does not have (RetailCRM with allow_crm_edits), "
+        "kept there and listed here at the last registration.",
+    )
 
     class Meta:
         verbose_name = "CRM connection"

@@ -441,3 +441,49 @@ def test_membership_pages_never_list_other_tenants_users(world):
         assert "boris" not in page and "olga" not in page and "root" not in page
         assert 'name="user"' not in page
     assert {m.user for m in changelist(client, TenantMembership)} == {world.admin_a, world.support_a}
+
+
+# ---- issue 16 item 6: every change RetailCRM holds a copy of re-registers its module ---------------------
+
+
+@pytest.fixture
+def retail_a(world):
+    return CrmConnectionFactory(
+        tenant=world.tenant_a,
+        provider="retailcrm",
+        key="retail",
+        settings={"account_url": "https://alpha.retailcrm.ru"},
+        secrets={"api_key": "rc-key", "client_id": "rc-client"},
+    )
+
+
+def retail_syncs(connection) -> int:
+    from calls.models import OutboundJob
+
+    return OutboundJob.objects.filter(crm_connection=connection, kind="retailcrm.sync").count()
+
+
+def delete_url(obj) -> str:
+    return reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_delete", args=[obj.pk])
+
+
+@pytest.mark.parametrize("target", ["extension_a", "phone_a"])
+def test_deleting_an_extension_or_an_external_phone_re_registers_retailcrm(world, retail_a, target):
+    response = client_for(world.admin_a).post(delete_url(getattr(world, target)), {"post": "yes"})
+    assert response.status_code == 302
+    assert retail_syncs(retail_a) == 1
+    assert retail_syncs(world.crm_b) == 0  # another tenant's CRM is not touched
+
+
+def test_regenerating_the_client_id_re_registers_retailcrm(world, retail_a):
+    client_for(world.admin_a).post(secret_url(retail_a, "regenerate", "client_id"))
+    retail_a.refresh_from_db()
+    assert retail_a.secrets["client_id"] != "rc-client"
+    assert retail_syncs(retail_a) == 1
+
+
+def test_retailcrm_proposals_are_shown_on_the_connection_page(world, retail_a):
+    retail_a.crm_proposals = [{"code": "999", "userId": "9"}]
+    retail_a.save()
+    page = client_for(world.support_a).get(change_url(retail_a)).content.decode()
+    assert "Proposals from the CRM" in page and "code 999, userId 9" in page

@@ -45,7 +45,7 @@ def expected_module(world, settings) -> dict:
             "telephony": {
                 "makeCallUrl": f"{hooks}/make-call",
                 "changeUserStatusUrl": f"{hooks}/user-status",
-                "allowEdit": True,
+                "allowEdit": False,
                 "inputEventSupported": True,
                 "outputEventSupported": True,
                 "hangupEventSupported": True,
@@ -214,3 +214,90 @@ def test_request_sync_ignores_other_providers(world):
     from tests.factories import CrmConnectionFactory
 
     assert request_sync(CrmConnectionFactory(tenant=world.tenant, provider="planfix")) == 0
+
+
+# ---- issue 16 item 6: registration never drifts from the CRM ----------------------------------------------
+
+
+@responses.activate
+def test_allow_crm_edits_reads_the_module_back_and_merges_before_pushing(world):
+    world.crm.settings = {**world.crm.settings, "allow_crm_edits": True}
+    world.crm.save()
+    responses.add(responses.GET, GET_MODULE_URL, json=fixture_json("integration_module_get.json"))
+    responses.add(responses.POST, EDIT_URL, json=fixture_json("integration_module_edit_empty_info.json"))
+
+    result = register_module(world.crm)
+
+    telephony = form_field(responses.calls[1].request, "integrationModule")["integrations"]["telephony"]
+    assert telephony["allowEdit"] is True
+    # The portal's mappings win for 100 and 200 (RetailCRM says 200 is user 7; the portal says 2); the code 999
+    # entered in RetailCRM for an extension the portal does not map is kept, and so are shop2 and shop3.
+    assert telephony["additionalCodes"] == [
+        {"userId": 1, "code": "100"},
+        {"userId": 2, "code": "200"},
+        {"userId": 9, "code": "999"},
+    ]
+    assert telephony["externalPhones"] == [
+        {"siteCode": "shop1", "externalPhone": "+74999999999"},
+        {"siteCode": "shop2", "externalPhone": "+7-499-888-88-88"},
+        {"siteCode": "shop3", "externalPhone": "+7-499-777-77-77"},
+    ]
+    proposals = [
+        {"code": "999", "userId": "9"},
+        {"externalPhone": "+7-499-888-88-88", "siteCode": "shop2"},
+        {"externalPhone": "+7-499-777-77-77", "siteCode": "shop3"},
+    ]
+    assert result["proposals"] == proposals
+    world.crm.refresh_from_db()
+    assert world.crm.crm_proposals == proposals
+
+
+@responses.activate
+def test_without_allow_crm_edits_retailcrm_is_not_read_and_allow_edit_is_false(world):
+    responses.add(responses.POST, EDIT_URL, json={"success": True})
+    register_module(world.crm)
+    assert len(responses.calls) == 1
+    telephony = form_field(responses.calls[0].request, "integrationModule")["integrations"]["telephony"]
+    assert telephony["allowEdit"] is False
+
+
+@responses.activate
+def test_a_group_is_never_registered_as_a_users_code(world):
+    group = ExtensionFactory(tenant=world.tenant, number="500", kind="group")
+    ExtensionMapping.objects.bulk_create(
+        [ExtensionMapping(extension=group, crm_connection=world.crm, crm_user_id="5")]
+    )
+    responses.add(responses.POST, EDIT_URL, json={"success": True})
+    register_module(world.crm)
+    telephony = form_field(responses.calls[0].request, "integrationModule")["integrations"]["telephony"]
+    assert "500" not in [entry["code"] for entry in telephony["additionalCodes"]]
+
+
+def sync_jobs(world) -> int:
+    return OutboundJob.objects.filter(crm_connection=world.crm, kind="retailcrm.sync").count()
+
+
+def test_import_tenant_requests_a_re_registration(world):
+    from integrations.tenant_file import export_tenant, import_tenant
+
+    document = export_tenant(world.tenant, include_secrets=True)
+    document["extensions"].append({"number": "300", "name": "New", "email": "", "crm_users": {}})
+    import_tenant(document)
+    assert sync_jobs(world) == 1
+
+
+@responses.activate
+def test_the_pbx_directory_import_requests_a_re_registration(world):
+    from integrations.directory import import_extensions
+
+    world.pbx.provider = "rostelecom"
+    world.pbx.settings = {"domain": "acme.rt.ru"}
+    world.pbx.secrets = {"client_id": "id", "sign_key": "key"}
+    world.pbx.save()
+    responses.add(
+        responses.POST,
+        "https://api.cloudpbx.rt.ru/users_info",
+        json={"result": 0, "users": [{"pin": "300", "name": "ivan", "display_name": "Ivan"}], "groups": []},
+    )
+    import_extensions(world.pbx)
+    assert sync_jobs(world) == 1

@@ -52,6 +52,9 @@ class RetailCrmProvider(RetailCrmWebhooks, RetailCrmMessages, RetailCrmRegistrat
         Field("upload_strategy", "choice", default="immediate", choices=("immediate", "periodic")),
         Field("upload_interval_minutes", "int", default=10, minimum=1, maximum=1440),
         Field("send_events", "bool", default=True),
+        # Let users edit extension codes and external phones in RetailCRM (allowEdit); the portal then reads the
+        # module back and merges before every push (registration.py).
+        Field("allow_crm_edits", "bool", default=False),
     )
     secret_fields = (Field("api_key", "secret"), Field("client_id", "secret", issued=True))
     inbound_paths = ("make-call", "user-status")
@@ -99,7 +102,13 @@ class RetailCrmProvider(RetailCrmWebhooks, RetailCrmMessages, RetailCrmRegistrat
             return self._send_event(job)
         if job.kind == SYNC:
             result = self.register()
-            return f"registered; notExistUsersIds={result['notExistUsersIds']} notExistSiteCodes={result['notExistSiteCodes']}"
+            summary = (
+                f"registered; notExistUsersIds={result['notExistUsersIds']} "
+                f"notExistSiteCodes={result['notExistSiteCodes']}"
+            )
+            return summary + (
+                f"; kept from RetailCRM: {result['proposals']}" if result.get("proposals") else ""
+            )
         return super().perform(job)
 
     def answers_routing(self, query: RoutingQuery) -> bool:

@@ -123,7 +123,7 @@ def propose_mappings(crm_connection: CrmConnection) -> list[dict[str, Any]]:
                 break
     by_email = {
         e.email.strip().lower(): e
-        for e in Extension.objects.filter(tenant=crm_connection.tenant).exclude(email="")
+        for e in Extension.objects.filter(tenant=crm_connection.tenant, kind=Extension.USER).exclude(email="")
     }
     proposals: list[dict[str, Any]] = []
     with transaction.atomic():
@@ -179,6 +179,8 @@ def register_module_report(crm_connection: CrmConnection) -> str:
     )
     if result.get("notExistSiteCodes"):
         unknown.append(f"unknown site codes: {', '.join(map(str, result['notExistSiteCodes']))}")
+    if result.get("proposals"):
+        unknown.append(f"{len(result['proposals'])} mapping(s) entered in RetailCRM kept and proposed")
     return "telephony module registered" + (f" ({'; '.join(unknown)})" if unknown else "")
 
 
