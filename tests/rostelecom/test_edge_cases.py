@@ -247,3 +247,11 @@ def test_get_number_info_records_its_decision_once_answered(client, pbx, extensi
     assert response.json()["PIN"] == "103"
     decision = RoutingDecision.objects.get()
     assert (decision.provider_call_id, decision.extension) == ("SDsnZugDFmTW7Sec", "103")
+
+
+def test_an_event_naming_a_groups_pin_opens_no_card_for_the_group(client, pbx, extensions):
+    ExtensionFactory(tenant=pbx.tenant, number="500", kind="group")
+    new = {**load("incoming_transfer.json")[0], "request_pin": "500"}
+    post_all(client, pbx, [new])
+    event = CallEvent.objects.get()
+    assert event.normalised["extension"] == "" and Call.objects.get().rang_extensions == []

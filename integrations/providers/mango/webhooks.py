@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 from django.utils import timezone
 from rest_framework.response import Response
 
-from integrations.providers.base import WebhookAuthError, WebhookInputError, secrets_equal
+from integrations.providers.base import WebhookAuthError, WebhookInputError, inbound_action, secrets_equal
 from integrations.providers.mango.wire import (
     CALL_STATES,
     CALLBACK_PREFIX,
@@ -48,7 +48,7 @@ class MangoWebhooks:
     @staticmethod
     def _action(action: str) -> str:
         # A base URL pasted with a trailing slash makes Mango post to ".../<id>//events/call".
-        return "/".join(part for part in (action or "").split("/") if part)
+        return inbound_action(action)
 
     def allows_unauthenticated(self, action: str) -> bool:
         # The cabinet's "check connection" button; what it signs is undocumented (open question 18).
@@ -248,7 +248,8 @@ class MangoWebhooks:
             # For an incoming call to.extension may name a group; only a known employee counts as who answered.
             if direction == "in" and who:
                 tenant_id = self.connection.tenant_id
-                who = who if Extension.objects.filter(tenant_id=tenant_id, number=who).exists() else ""
+                known = Extension.objects.filter(tenant_id=tenant_id, number=who, kind=Extension.USER)
+                who = who if known.exists() else ""
             events.append(
                 NormalisedEvent(
                     kind="answered",

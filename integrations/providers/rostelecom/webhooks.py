@@ -183,6 +183,15 @@ class RostelecomWebhooks:
             defer_writes=True,
         )
 
+    def group_pins(self) -> set[str]:
+        from integrations.models import Extension
+
+        return set(
+            Extension.objects.filter(tenant_id=self.connection.tenant_id, kind=Extension.GROUP).values_list(
+                "number", flat=True
+            )
+        )
+
     def pin_of_login(self, party: Party) -> str:
         """The PIN of the employee an event names by SIP login or SIP URI (`ivan@domain`), from the logins
         imported from users_info (Extension.sip_login); "" when no extension has that login."""
@@ -220,6 +229,11 @@ class RostelecomWebhooks:
         callee = parse_party(body.get("request_number"), self.region)
         caller_pin = pin_of(body.get("from_pin")) or caller.extension or self.pin_of_login(caller)
         callee_pin = pin_of(body.get("request_pin")) or callee.extension or self.pin_of_login(callee)
+        if caller_pin or callee_pin:
+            # A group's PIN names no one who rings or talks (its members do): no card, no answering employee.
+            groups = self.group_pins()
+            caller_pin = "" if caller_pin in groups else caller_pin
+            callee_pin = "" if callee_pin in groups else callee_pin
         kind = KINDS.get(state, "unknown")
 
         client, external = Party(""), ""
