@@ -487,3 +487,25 @@ def test_retailcrm_proposals_are_shown_on_the_connection_page(world, retail_a):
     retail_a.save()
     page = client_for(world.support_a).get(change_url(retail_a)).content.decode()
     assert "Proposals from the CRM" in page and "code 999, userId 9" in page
+
+
+def test_a_rostelecom_connection_without_a_domain_is_refused_by_the_admin_form(world):
+    """Issue 16 item 4: users_info needs the domain; the form says so instead of saving a connection without it."""
+    world.pbx_a.active = False
+    world.pbx_a.save()
+    response = client_for(world.admin_a).post(
+        reverse("admin:integrations_pbxconnection_add"),
+        {
+            "tenant": world.tenant_a.pk,
+            "key": "rt",
+            "provider": "rostelecom",
+            "active": "on",
+            "settings": "{}",
+            "secret__client_id": "id",
+            "secret__sign_key": "key",
+        },
+    )
+    assert response.status_code == 200
+    errors = str(response.context["adminform"].form.errors)
+    assert "settings.domain: is required" in errors
+    assert not PbxConnection.objects.filter(key="rt").exists()

@@ -255,3 +255,13 @@ def test_an_event_naming_a_groups_pin_opens_no_card_for_the_group(client, pbx, e
     post_all(client, pbx, [new])
     event = CallEvent.objects.get()
     assert event.normalised["extension"] == "" and Call.objects.get().rang_extensions == []
+
+
+def test_a_connection_saved_before_domain_was_required_is_not_asked_for_an_unscoped_directory(pbx):
+    from integrations.providers.base import ProviderError
+
+    pbx.settings = {"time_zone": "Europe/Moscow"}  # as stored before issue 16; nothing is sent (no HTTP mock)
+    pbx.save()
+    with pytest.raises(ProviderError, match=r"settings\.domain is required") as raised:
+        import_extensions(pbx)
+    assert raised.value.permanent and raised.value.flag_connection

@@ -112,6 +112,14 @@ class RostelecomApi:
     def list_extensions(self) -> list[DirectoryEntry]:
         """users_info for the connection's domain: users with their SIP login (`name`), and groups with their
         PINs as routing targets (a CRM may name a group as the responsible one; it rings the group's members)."""
+        if not str(self.settings.get("domain") or "").strip():
+            # A connection saved before `domain` became required: users_info without it answers for no domain.
+            raise ProviderError(
+                "settings.domain is required for the directory import: set the PBX domain (e.g. example.rt.ru) "
+                "on the connection",
+                permanent=True,
+                flag_connection=True,
+            )
         try:
             answer = self.post("users_info", {})  # post() adds the required `domain`
         except RostelecomError as exc:
