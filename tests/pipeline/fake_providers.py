@@ -94,18 +94,12 @@ class FakeCrm(CrmProvider):
     def jobs_for(self, call: Any, notices: Any) -> list[JobSpec]:
         specs = []
         for n in notices:
-            kind = (
-                "fake.final" if n.kind in {"completed", "leg_cancelled", "recording_stored"} else "fake.popup"
-            )
-            specs.append(
-                JobSpec(
-                    kind,
-                    f"{call.pk}:{n.kind}:{n.extension}",
-                    {"notice": n.kind, "ext": n.extension},
-                    call,
-                    n.order_key,
-                )
-            )
+            final = {"completed", "leg_cancelled", "leg_completed", "recording_stored"}
+            kind = "fake.final" if n.kind in final else "fake.popup"
+            payload: dict[str, Any] = {"notice": n.kind, "ext": n.extension}
+            if n.talk_seconds is not None:
+                payload["talk_seconds"] = n.talk_seconds
+            specs.append(JobSpec(kind, f"{call.pk}:{n.kind}:{n.extension}", payload, call, n.order_key))
         return specs
 
     def perform(self, job: Any) -> str:
