@@ -67,6 +67,14 @@ def _cache_key(tenant: Tenant, crm: CrmConnection, caller: str, did: str) -> str
     return f"routing:answer:{tenant.pk}:{crm.pk}:{caller}:{did}"
 
 
+def remember_answer(crm: CrmConnection, caller: str, did: str, answer: RoutingAnswer | None) -> None:
+    """Cache a CRM's answer that arrived outside a routing question (WireCRM's NOTIFY_START sent by the outbox),
+    so the caller's next call is routed by it."""
+    if answer is not None and (answer.extension or answer.display_name) and caller:
+        value = {"extension": answer.extension, "display_name": answer.display_name}
+        cache.set(_cache_key(crm.tenant, crm, caller, did), value, settings.ROUTING_CACHE_SECONDS)
+
+
 @dataclass
 class _Asked:
     crm: CrmConnection

@@ -682,3 +682,17 @@ def test_notify_internal_expires_after_popup_ttl_seconds_and_the_end_still_goes_
         if c.request.url == WEBHOOK_URL and getattr(c.response, "status_code", None) == 200
     ]
     assert delivered == ["NOTIFY_START", "NOTIFY_END"]
+
+
+@responses.activate
+def test_an_answer_to_a_notify_start_sent_by_the_outbox_routes_the_callers_next_call(
+    tenant, pbx, wirecrm, extensions
+):
+    responses.add(responses.POST, WEBHOOK_URL, json=fixture_json("wirecrm", "answer_redirect.json"))
+    call = CallScript("in-outbox", client="+79880000000", did="+79191010100")
+    play(pbx, call.event(0, "ringing", "104"))
+    deliver(wirecrm)  # NOTIFY_START from the outbox: the call already rings, WireCRM's redirect is too late
+
+    decision = routing.resolve(tenant, "+79880000000", "+79191010100", pbx_connection=pbx)
+
+    assert (decision.extension, decision.source) == ("101", "cache")

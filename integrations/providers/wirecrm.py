@@ -281,6 +281,12 @@ class WireCrmProvider(CrmProvider):
         if fields is None:
             return "skipped: the recording is not stored"
         response = self._send(fields)
+        if event == NOTIFY_START:
+            # Too late to route this call, but not the caller's next one.
+            from calls.routing import remember_answer
+
+            answer = routing_answer_from_json(response, "caller_name", "redirect")
+            remember_answer(self.connection, call.client_phone, call.external_phone, answer)
         return f"HTTP {response.status_code} {response.text[:200]}".strip()
 
     def _closed(self, job: OutboundJob) -> bool:
