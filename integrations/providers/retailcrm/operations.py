@@ -73,7 +73,8 @@ def read_module_back(crm_connection: CrmConnection) -> dict[str, Any]:
         counts["created" if created else "updated" if changed else "unchanged"] += 1
 
     with transaction.atomic():
-        extensions = {e.number: e for e in Extension.objects.filter(tenant=tenant)}
+        # A group is no RetailCRM user: a code naming one is skipped like an unknown one.
+        extensions = {e.number: e for e in Extension.objects.filter(tenant=tenant, kind=Extension.USER)}
         for entry in telephony.get("additionalCodes") or []:
             code, user_id = str(entry.get("code") or "").strip(), str(entry.get("userId") or "").strip()
             extension = extensions.get(code)
