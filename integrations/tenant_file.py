@@ -22,7 +22,6 @@ from django.db import models, transaction
 from django.db.models import RestrictedError
 
 from api.models import MIN_KEY_LENGTH, ApiKey
-from integrations.crypto import new_token
 from integrations.models import (
     Connection,
     CrmConnection,
@@ -536,7 +535,7 @@ def _plan_secrets(
             elif stored.get(name):
                 resolved[name] = stored[name]
             else:
-                resolved[name] = new_token()
+                resolved[name] = provider_cls.new_secret(name)
                 generated.append(secret_path)
         else:
             resolved[name] = value
