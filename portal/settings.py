@@ -183,6 +183,11 @@ RECORDS_THROTTLE = _rate("RECORDS_THROTTLE", _get("RECORDS_THROTTLE", env.str, "
 # Read API, metrics and logs
 API_THROTTLE = _rate("API_THROTTLE", _get("API_THROTTLE", env.str, "600/min"))
 METRICS_TOKEN = _get("METRICS_TOKEN", env.str, "")
+# Read by prometheus-client itself (multiprocess mode for several gunicorn workers); checked here so a typo
+# stops the deploy instead of the first scrape.
+_multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+if _multiproc_dir and not Path(_multiproc_dir).is_dir():
+    raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR: no such directory {_multiproc_dir!r}")
 LOG_FORMAT = _get("LOG_FORMAT", env.str, "text").lower()
 if LOG_FORMAT not in {"text", "json"}:
     raise ImproperlyConfigured(f"LOG_FORMAT: expected text or json, got {LOG_FORMAT!r}")
@@ -204,6 +209,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost, so it counts every /hooks/ answer, whichever layer produced it.
+    "portal.metrics.WebhookMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

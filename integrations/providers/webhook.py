@@ -3,7 +3,8 @@
 
 * Connection: settings `{}` or `{"events": [...]}` (a subset of EVENT_TYPES; all of them when left out); secrets
   `url` (https) and `signing_secret` (`whsec_` + base64 of 24 to 64 random bytes; "generate" makes one).
-* Events: `call.ringing` (the call's first ring, or an outgoing call's dialling), `call.answered` (once per
+* Events: `call.ringing` (the call began: its first ring, an outgoing call's dialling, or whatever the PBX
+  reported first), `call.answered` (once per
   extension that takes the call, so a transfer sends a second one), `call.completed` (the call is final: outcome
   and whether a recording comes are known), `call.recording_ready` (`recording_url` now serves the file).
 * Body: `{"type": ..., "timestamp": <when it happened, ISO 8601 with the tenant's offset>, "data": <the call as
@@ -146,10 +147,16 @@ class WebhookProvider(CrmProvider):
         specs: list[JobSpec] = []
         for notice in notices:
             event = NOTICE_EVENTS.get(notice.kind)
-            if event is None or event not in wanted:
+            if event is None:
                 continue
-            # One ringing per call (every extension's ring would repeat the same call); one answered per
-            # extension that answers (a transfer is news); the rest once.
+            if RINGING in wanted:
+                # Every call begins with call.ringing, even one whose PBX reported no ring (answered at once by
+                # a queue, or ended in the IVR): asked for with every notice, made once by its dedupe key, and
+                # created before the notice's own message, so it goes out first.
+                specs.append(JobSpec(KINDS[RINGING], f"{call.pk}:{RINGING}", {}, call, notice.order_key))
+            if event == RINGING or event not in wanted:
+                continue
+            # One answered per extension that answers (a transfer is news); the others once per call.
             suffix = f":{notice.extension}" if event == ANSWERED else ""
             specs.append(JobSpec(KINDS[event], f"{call.pk}:{event}{suffix}", {}, call, notice.order_key))
         return specs
