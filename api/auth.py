@@ -15,6 +15,7 @@ from rest_framework.throttling import SimpleRateThrottle
 
 from api.models import LAST_USED_RESOLUTION_SECONDS, ApiKey, hash_key
 from integrations.models import Tenant
+from portal import logs
 
 logger = logging.getLogger("callbridge.api")
 
@@ -61,6 +62,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             logger.info("api: refused an unknown or revoked key")
             raise exceptions.AuthenticationFailed("Invalid API key.")
         self._touch(row)
+        logs.bind(tenant=row.tenant_id)
         return KeyHolder(row), row
 
     @staticmethod

@@ -151,3 +151,14 @@ def test_backlog_ages_and_open_breakers(client, token, monkeypatch):
     assert 120 <= value(scraped, "callbridge_outbox_overdue_seconds") < 180
     assert value(scraped, "callbridge_outbox_jobs", kind="planfix.event", state="dead") == 1
     assert value(scraped, "callbridge_routing_breaker_open", provider="planfix") == 1
+
+
+def test_settings_refuse_a_bad_throttle_and_a_missing_multiprocess_directory(tmp_path):
+    from tests.isolated import run_django
+
+    result = run_django("", tmp_path, DEBUG="true", API_THROTTLE="lots")
+    assert result.returncode != 0 and "API_THROTTLE" in result.stderr
+    result = run_django("", tmp_path, DEBUG="true", PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "missing"))
+    assert result.returncode != 0 and "PROMETHEUS_MULTIPROC_DIR" in result.stderr
+    code = "from django.conf import settings\nprint(settings.API_THROTTLE, repr(settings.METRICS_TOKEN))"
+    assert run_django(code, tmp_path, DEBUG="true").stdout.split() == ["600/min", "''"]
