@@ -16,12 +16,12 @@ from calls import outbox
 from calls.models import OutboundJob
 from calls.tasks import send_jobs
 from portal import logs
-from tests.crm_world import CallScript, play, register_fake_pbx
-from tests.factories import CrmConnectionFactory, PbxConnectionFactory, TenantFactory
+from tests.crm_world import WEBHOOK_SECRET, CallScript, play, register_fake_pbx, webhook_subscriber
+from tests.factories import PbxConnectionFactory, TenantFactory
 from tests.isolated import run_django
 
 HOOK = "https://hooks.subscriber.example/secret-path-0123456789"
-SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+SECRET = WEBHOOK_SECRET
 
 
 @pytest.fixture
@@ -50,13 +50,7 @@ def world(db, monkeypatch):
     register_fake_pbx(monkeypatch)
     tenant = TenantFactory()
     pbx = PbxConnectionFactory(tenant=tenant, provider="fakepbx", secrets={"token": "pbx-token-0123456789"})
-    hooks = CrmConnectionFactory(
-        tenant=tenant,
-        provider="webhook",
-        key="hooks",
-        settings={},
-        secrets={"url": HOOK, "signing_secret": SECRET},
-    )
+    hooks = webhook_subscriber(tenant, HOOK)
     return tenant, pbx, hooks
 
 

@@ -24,7 +24,7 @@ from calls.models import OutboundJob
 from integrations.models import CrmConnection
 from integrations.providers.base import SchemaError, get_provider
 from integrations.providers.webhook import WebhookProvider
-from tests.crm_world import CallScript, deliver, play, register_fake_pbx, store_recording
+from tests.crm_world import CallScript, deliver, play, register_fake_pbx, store_recording, webhook_subscriber
 from tests.factories import CrmConnectionFactory, PbxConnectionFactory, TenantFactory
 from tests.webhook_security import WebhookSecurityContract
 
@@ -82,13 +82,7 @@ def tenant(pbx):
 
 
 def subscriber(tenant, **settings) -> CrmConnection:
-    return CrmConnectionFactory(
-        tenant=tenant,
-        provider="webhook",
-        key="hooks",
-        settings=settings,
-        secrets={"url": URL, "signing_secret": SECRET},
-    )
+    return webhook_subscriber(tenant, URL, SECRET, **settings)
 
 
 @pytest.fixture

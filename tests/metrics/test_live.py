@@ -21,7 +21,8 @@ from django.conf import settings
 from django.db import connection
 
 from calls.models import OutboundJob
-from tests.factories import CrmConnectionFactory, PbxConnectionFactory, TenantFactory
+from tests.crm_world import WEBHOOK_SECRET, webhook_subscriber
+from tests.factories import PbxConnectionFactory, TenantFactory
 from tests.isolated import SETTINGS_VARIABLES
 from tests.metrics.scrape import samples, value
 from tests.rostelecom.conftest import API, CLIENT_ID, SIGN_KEY, as_bytes, load, run_due, sign
@@ -31,7 +32,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
 TOKEN = "live-metrics-token-0123456789"
 HOOK = "https://hooks.subscriber.example/in"
-SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+SECRET = WEBHOOK_SECRET
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 
@@ -162,13 +163,7 @@ def test_metrics_after_a_known_sequence_scraped_from_two_workers(live, settings,
         settings={"domain": "live.rt.ru", "time_zone": "Europe/Moscow"},
         secrets={"client_id": CLIENT_ID, "sign_key": SIGN_KEY},
     )
-    hooks = CrmConnectionFactory(
-        tenant=tenant,
-        provider="webhook",
-        key="hooks",
-        settings={},
-        secrets={"url": HOOK, "signing_secret": SECRET},
-    )
+    hooks = webhook_subscriber(tenant, HOOK)
 
     # The PBX's webhooks, through the live server: a missed and an answered (recorded) call, one routing
     # question, one request with a wrong signature.
