@@ -5,25 +5,16 @@ every scrape, whichever worker answers it, reports the same values."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 import responses
-from django.conf import settings
-from django.db import connection
 
 from calls.models import OutboundJob
 from tests.crm_world import WEBHOOK_SECRET, webhook_subscriber
 from tests.factories import PbxConnectionFactory, TenantFactory
-from tests.isolated import SETTINGS_VARIABLES
+from tests.live_server import gunicorn
 from tests.metrics.scrape import samples, value
 from tests.rostelecom.conftest import API, CLIENT_ID, SIGN_KEY, as_bytes, load, run_due, sign
 from tests.rostelecom.test_end_to_end import MP3, RECORD_URL
@@ -33,91 +24,15 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 TOKEN = "live-metrics-token-0123456789"
 HOOK = "https://hooks.subscriber.example/in"
 SECRET = WEBHOOK_SECRET
-BASE_DIR = Path(__file__).resolve().parent.parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or "postgres"
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return (
-        f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-    )
 
 
 @pytest.fixture
 def live(tmp_path):
     """gunicorn -w 2 on loopback, on this test's database, in multiprocess mode."""
-    port = free_port()
     multiproc = tmp_path / "prometheus"
     multiproc.mkdir()
-    environment = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARIABLES}
-    environment.update(
-        DJANGO_SETTINGS_MODULE="portal.settings",
-        CALLBRIDGE_READ_DOTENV="0",
-        CALLBRIDGE_VAR_DIR=str(tmp_path / "var"),
-        DATABASE_URL=database_url(),
-        SECRET_KEY=settings.SECRET_KEY,
-        FIELD_ENCRYPTION_KEYS=",".join(settings.FIELD_ENCRYPTION_KEYS),
-        DEBUG="false",
-        ALLOWED_HOSTS="127.0.0.1",
-        PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
-        METRICS_TOKEN=TOKEN,
-        PROMETHEUS_MULTIPROC_DIR=str(multiproc),
-    )
-    environment.pop("CACHE_URL", None)  # the database cache of this same database
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "portal.wsgi",
-            "-k",
-            "gthread",
-            "--threads",
-            "4",
-            "-w",
-            "2",
-            "-b",
-            f"127.0.0.1:{port}",
-            "--timeout",
-            "60",
-        ],
-        cwd=BASE_DIR,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:  # not listening yet, or a worker still importing
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"gunicorn did not start: {process.stderr.read().decode()[-3000:]}")
-        time.sleep(0.2)
-    try:
+    with gunicorn(tmp_path, METRICS_TOKEN=TOKEN, PROMETHEUS_MULTIPROC_DIR=str(multiproc)) as base:
         yield base, multiproc
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the arbiter and its two workers: a group this test started
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def post_signed(base: str, pbx, action: str, body, signature: str | None = None) -> int:
