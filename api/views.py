@@ -60,7 +60,12 @@ ERRORS = {
                 "ordering", str, enum=["started_at", "-started_at"], description="Default -started_at."
             )
         ],
-        responses={200: CallSerializer(many=True), 400: FIELD_ERRORS, **ERRORS},
+        responses={
+            200: CallSerializer(many=True),
+            400: FIELD_ERRORS,
+            404: OpenApiResponse(DETAIL_ERROR, description="A cursor that is not one the API gave out."),
+            **ERRORS,
+        },
     ),
     retrieve=extend_schema(
         summary="One call with its events and CRM deliveries",

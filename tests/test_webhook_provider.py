@@ -406,3 +406,26 @@ def test_the_verification_snippet_in_docs_webhooks_md_accepts_a_real_message(pbx
     assert namespace["verify"](SECRET, headers, body)["type"] == "call.completed"
     with pytest.raises(ValueError):
         namespace["verify"](SECRET, headers, body + b" ")
+
+
+def test_adding_the_provider_took_one_module_and_its_registry_line():
+    """calls/ imports only the provider interface, never a provider module: the webhook provider needed no
+    change there."""
+    import ast
+    from pathlib import Path
+
+    from integrations.providers import base
+
+    assert base.REGISTRY["webhook"] == "integrations.providers.webhook.WebhookProvider"
+    assert base.SIDES["webhook"] == base.CRM
+    for path in (Path(__file__).resolve().parent.parent / "calls").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                assert (
+                    not name.startswith("integrations.providers.") or name == "integrations.providers.base"
+                ), (
+                    path,
+                    name,
+                )

@@ -29,7 +29,7 @@ import json
 import secrets as pysecrets
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from django.utils import timezone
@@ -46,9 +46,17 @@ from integrations.providers.base import (
     JobSpec,
     Notice,
     ProviderError,
+    RoutingAnswer,
     RoutingQuery,
     SchemaError,
+    WebhookAuthError,
+    WebhookInputError,
 )
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+    from rest_framework.request import Request
+    from rest_framework.response import Response
 
 SCHEMA_VERSION = "1"
 RINGING, ANSWERED, COMPLETED, RECORDING_READY = (
@@ -135,10 +143,33 @@ class WebhookProvider(CrmProvider):
     def wanted_events(self) -> tuple[str, ...]:
         return tuple(self.settings.get("events") or EVENT_TYPES)
 
+    # ---- inbound: none ----------------------------------------------------------------------------------
+
+    def authenticate(self, request: HttpRequest, action: str) -> None:
+        # A subscriber only receives: whatever arrives at /hooks/webhook/<id>/ is refused, signed or not.
+        raise WebhookAuthError("no inbound endpoint")
+
+    def handle(self, request: Request, action: str) -> Response:
+        raise WebhookInputError("no inbound endpoint")  # unreachable: authenticate() refuses first
+
     # ---- routing: a subscriber is told about calls, it is never asked whose caller this is ---------------
 
     def answers_routing(self, query: RoutingQuery) -> bool:
         return False
+
+    def lookup(self, query: RoutingQuery, timeout: float) -> RoutingAnswer | None:
+        return None
+
+    # ---- nothing to synchronise, nothing periodic, no recording playback of its own -----------------------
+
+    def jobs_for_sync(self) -> list[JobSpec]:
+        return []  # the events carry everything; there are no mappings to push
+
+    def periodic_jobs(self, now: dt.datetime) -> list[JobSpec]:
+        return []
+
+    def accepts_playback_client_id(self, client_id: str) -> bool:
+        return False  # recording_url is the permanent public link: no client id involved
 
     # ---- outbound -------------------------------------------------------------------------------------------
 
