@@ -420,7 +420,11 @@ def test_adding_the_provider_took_one_module_and_its_registry_line():
     assert base.SIDES["webhook"] == base.CRM
     for path in (Path(__file__).resolve().parent.parent / "calls").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [f"{node.module}.{alias.name}" for alias in node.names]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
             for name in names:
                 assert (
