@@ -14,6 +14,7 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.cache import cache
 
 HIDDEN = "details hidden: the target is on a private network"
@@ -55,6 +56,10 @@ def targets_private_network(connection: Any) -> bool:
         return False
     if getattr(connection, "allowed_networks", None):
         return True  # issue 15's per-connection allowance exists only for private targets
+    if not (settings.OUTBOUND_ALLOW_PRIVATE_NETWORKS or settings.OUTBOUND_ALLOWED_NETWORKS):
+        # The SSRF guard let no request reach a private address, so nothing a private host said was stored:
+        # no name needs resolving.
+        return False
     try:
         urls = connection_urls(connection)
     except LookupError:

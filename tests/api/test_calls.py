@@ -342,3 +342,28 @@ def test_schema_and_swagger_ui_are_served_without_a_cdn(client):
     assert "swagger-ui" in html
     assert "cdn" not in html.lower() and "unpkg" not in html.lower()
     assert "/static/drf_spectacular_sidecar/" in html
+
+
+def test_the_private_target_rule(db, tenant, settings):
+    from integrations.exposure import shown_error
+
+    public = CrmConnectionFactory(
+        tenant=tenant, provider="wirecrm", key="a", secrets={"webhook_url": "https://8.8.8.8/x"}
+    )
+    private = CrmConnectionFactory(
+        tenant=tenant, provider="wirecrm", key="b", secrets={"webhook_url": "https://192.168.1.5/x"}
+    )
+    settings.OUTBOUND_ALLOW_PRIVATE_NETWORKS = False
+    settings.OUTBOUND_ALLOWED_NETWORKS = []
+    # Without any allowance no private host was ever reached: every error is shown as stored.
+    assert shown_error(private, "POST ***: HTTP 500 intranet", 500) == "POST ***: HTTP 500 intranet"
+    import ipaddress
+
+    settings.OUTBOUND_ALLOWED_NETWORKS = [ipaddress.ip_network("192.168.1.0/24")]
+    assert shown_error(private, "POST ***: HTTP 500 intranet", 500).startswith("HTTP 500 (details hidden")
+    assert (
+        shown_error(private, "connection refused", None)
+        == "details hidden: the target is on a private network"
+    )
+    assert shown_error(public, "POST ***: HTTP 500", 500) == "POST ***: HTTP 500"
+    assert shown_error(private, "", None) == ""
