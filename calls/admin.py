@@ -34,6 +34,7 @@ from calls.models import (
     Recording,
     RoutingDecision,
 )
+from calls.search import extension_condition, phone_condition
 from integrations.admin_scoping import (
     ReadOnlyTenantInline,
     TenantScopedAdminMixin,
@@ -41,9 +42,7 @@ from integrations.admin_scoping import (
     readable_tenant_ids,
 )
 from integrations.models import Tenant
-from integrations.phones import digits_only, is_extension, to_e164_or_none
-
-PHONE_PUNCTUATION = set("+-() .")
+from integrations.phones import is_extension
 
 
 def scope_tenants(request: HttpRequest) -> QuerySet[Tenant]:
@@ -136,19 +135,6 @@ class StartedAtRangeFilter(InputFilter):
         except ValueError as exc:
             raise IncorrectLookupParameters(exc) from exc
         return queryset
-
-
-def extension_condition(extension: str) -> Q:
-    """Calls where this extension rang, answered, started the call, or was the first or last to answer."""
-    # The lists are JSON arrays of strings: matching the quoted value finds "101" but not "1010".
-    quoted = json.dumps(extension)
-    return (
-        Q(first_answered_extension=extension)
-        | Q(last_answered_extension=extension)
-        | Q(initiating_extension=extension)
-        | Q(rang_extensions__icontains=quoted)
-        | Q(answered_extensions__icontains=quoted)
-    )
 
 
 class ExtensionFilter(InputFilter):
@@ -297,16 +283,8 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        condition = Q(provider_call_id=term) | Q(client_phone_raw__icontains=term)
-        # A number as people write it ("8 (916) 123-45-67") becomes E.164 under each tenant's own region.
-        for region in scope_tenants(request).values_list("region", flat=True).distinct():
-            e164 = to_e164_or_none(term, region)
-            if e164:
-                condition |= Q(tenant__region=region) & (Q(client_phone=e164) | Q(external_phone=e164))
-        digits = digits_only(term)
-        if len(digits) >= 7 and all(ch.isdigit() or ch in PHONE_PUNCTUATION for ch in term):
-            # A partial number: its digits appear as written inside the stored E.164.
-            condition |= Q(client_phone__contains=digits) | Q(external_phone__contains=digits)
+        regions = scope_tenants(request).values_list("region", flat=True).distinct()
+        condition = Q(provider_call_id=term) | phone_condition(term, regions)
         if is_extension(term):
             condition |= extension_condition(term)
         return queryset.filter(condition), False

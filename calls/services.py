@@ -22,6 +22,7 @@ from calls.models import Call, CallEvent, OriginateRequest, Recording, RoutingDe
 from integrations.models import CrmConnection, Extension, PbxConnection, Tenant
 from integrations.phones import InvalidPhone, to_e164
 from integrations.providers.base import JobSpec, Notice, ProviderError, get_provider
+from portal import logs
 
 logger = logging.getLogger("callbridge.ingest")
 
@@ -60,6 +61,7 @@ def _lock_call(pbx_connection: PbxConnection, provider_call_id: str) -> tuple[Ca
         # Serialises concurrent webhooks of one call (PostgreSQL); SQLite serialises writers anyway.
         call = Call.objects.select_for_update().get(pk=call.pk)
     call.pbx_connection = pbx_connection
+    logs.bind(call=call.pk)
     return call, created
 
 

@@ -35,7 +35,6 @@ from integrations.admin_scoping import (
     is_superuser,
 )
 from integrations.crm_sync import request_crm_sync
-from integrations.crypto import new_token
 from integrations.models import (
     Connection,
     CrmConnection,
@@ -314,7 +313,7 @@ class ConnectionForm(forms.ModelForm):
                     )
                 continue
             if wants_new and own[slot.name].issued:
-                secrets[slot.name] = new_token()
+                secrets[slot.name] = provider_cls.new_secret(slot.name)
                 generated.append(slot.name)
             elif typed == GENERATE:
                 self.add_error(

@@ -13,7 +13,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from integrations.crypto import EncryptedJSONField, new_token
+from integrations.crypto import EncryptedJSONField
 from integrations.phones import InvalidPhone, to_e164
 from integrations.providers.base import (
     CRM,
@@ -154,7 +154,7 @@ class Connection(models.Model):
         secrets = dict(self.secrets or {})
         for name in self.provider_cls.issued_secrets():
             if secrets.get(name) == GENERATE:
-                secrets[name] = new_token()
+                secrets[name] = self.provider_cls.new_secret(name)
         try:
             self.secrets = self.provider_cls.clean_secrets(secrets)
         except SchemaError as exc:
@@ -177,7 +177,7 @@ class Connection(models.Model):
     def regenerate_secret(self, name: str) -> str:
         if name not in self.provider_cls.issued_secrets():
             raise ValueError(f"{name} is not a token the portal issues")
-        token = new_token()
+        token = self.provider_cls.new_secret(name)
         self.secrets = {**self.secrets, name: token}
         self.save(update_fields=["secrets", "updated_at"])
         return token

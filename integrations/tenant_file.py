@@ -21,8 +21,8 @@ from django.core.validators import validate_email
 from django.db import models, transaction
 from django.db.models import RestrictedError
 
+from api.models import MIN_KEY_LENGTH, ApiKey
 from integrations.crm_sync import request_crm_sync
-from integrations.crypto import new_token
 from integrations.models import (
     Connection,
     CrmConnection,
@@ -60,6 +60,7 @@ TENANT_KEYS = (
     "crm",
     "extensions",
     "external_phones",
+    "api_keys",
 )
 # The lists are required (an empty list is fine) because a missing one would silently remove everything of
 # that kind: the file is the whole truth, so leaving a list out must be a deliberate `[]`.
@@ -68,6 +69,7 @@ CONNECTION_KEYS = ("key", "provider", "active", "settings", "secrets", "public_i
 CRM_CONNECTION_KEYS = (*CONNECTION_KEYS, "priority")
 EXTENSION_KEYS = ("number", "name", "email", "kind", "sip_login", "crm_users")
 EXTERNAL_PHONE_KEYS = ("number", "label", "site_codes")
+API_KEY_KEYS = ("name", "key")
 
 DEFAULT_CRM_PRIORITY = 10
 # A public_id is the only secret part of an inbound URL: refuse ones short enough to guess (≥ 128 bits).
@@ -119,6 +121,14 @@ def export_tenant(tenant: Tenant, *, include_secrets: bool = False) -> dict[str,
                 },
             }
             for phone in phones
+        ],
+        # Keys are stored hashed: even --include-secrets cannot write one out.
+        "api_keys": [
+            {"name": name, "key": MASK}
+            for name in ApiKey.objects.active()
+            .filter(tenant=tenant)
+            .order_by("name")
+            .values_list("name", flat=True)
         ],
     }
 
@@ -206,6 +216,16 @@ class ExternalPhonePlan:
 
 
 @dataclass
+class ApiKeyPlan:
+    """`key`: a value to store; None with `generate`: a fresh key unless one of this name exists; None
+    without: keep the stored key of this name ("***")."""
+
+    name: str
+    key: str | None = None
+    generate: bool = False
+
+
+@dataclass
 class TenantPlan:
     slug: str
     name: str
@@ -218,6 +238,8 @@ class TenantPlan:
     extensions: list[ExtensionPlan]
     external_phones: list[ExternalPhonePlan]
     generated: list[str] = field(default_factory=list)
+    # None: the file has no "api_keys", and the tenant's keys stay as they are.
+    api_keys: list[ApiKeyPlan] | None = None
 
 
 class _Reader:
@@ -345,6 +367,7 @@ def plan_import(document: Any, tenant: Tenant | None) -> TenantPlan:
     crm_keys = _keys_named(document["crm"])
     extensions = _plan_extensions(reader, document["extensions"], crm_keys)
     phones = _plan_external_phones(reader, document["external_phones"], crm_keys, region)
+    api_keys = _plan_api_keys(reader, document["api_keys"], tenant) if "api_keys" in document else None
 
     if reader.problems:
         raise TenantFileError(reader.problems)
@@ -360,6 +383,7 @@ def plan_import(document: Any, tenant: Tenant | None) -> TenantPlan:
         extensions=extensions,
         external_phones=phones,
         generated=generated,
+        api_keys=api_keys,
     )
 
 
@@ -517,7 +541,7 @@ def _plan_secrets(
             elif stored.get(name):
                 resolved[name] = stored[name]
             else:
-                resolved[name] = new_token()
+                resolved[name] = provider_cls.new_secret(name)
                 generated.append(secret_path)
         else:
             resolved[name] = value
@@ -613,6 +637,49 @@ def _plan_external_phones(
     return plans
 
 
+def _plan_api_keys(reader: _Reader, entries: Any, tenant: Tenant | None) -> list[ApiKeyPlan]:
+    stored = (
+        set(ApiKey.objects.active().filter(tenant=tenant).values_list("name", flat=True)) if tenant else set()
+    )
+    plans: list[ApiKeyPlan] = []
+    seen: dict[str, str] = {}
+    for index, entry in enumerate(reader.list(entries, "api_keys")):
+        path = f"api_keys[{index}]"
+        if not reader.object(entry, path, API_KEY_KEYS, API_KEY_KEYS):
+            continue
+        name = reader.string(entry["name"], f"{path}.name", max_length=100, blank=False)
+        if name is not None:
+            if name in seen:
+                reader.problem(f"{path}.name", f"{name!r} is already listed at {seen[name]}")
+                continue
+            seen[name] = path
+        key = entry["key"]
+        key_path = f"{path}.key"
+        if not isinstance(key, str):
+            reader.problem(
+                key_path,
+                f'must be a string: a key of at least {MIN_KEY_LENGTH} characters, "generate" or "***"',
+            )
+        elif key == MASK:
+            if name is not None and name not in stored:
+                reader.problem(
+                    key_path,
+                    f'"***" keeps the stored key named {name!r}, but there is none: give a key or "generate"',
+                )
+            elif name is not None:
+                plans.append(ApiKeyPlan(name))
+        elif key == GENERATE:
+            if name is not None:
+                plans.append(ApiKeyPlan(name, generate=True))
+        elif len(key) < MIN_KEY_LENGTH or key != key.strip() or any(ch.isspace() for ch in key):
+            reader.problem(
+                key_path, f'must be at least {MIN_KEY_LENGTH} characters without spaces (or "generate")'
+            )
+        elif name is not None:
+            plans.append(ApiKeyPlan(name, key=key))
+    return plans
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Import: apply a plan
 # ---------------------------------------------------------------------------------------------------------
@@ -625,6 +692,8 @@ class ImportResult:
     changes: list[str]
     generated: list[str]
     dry_run: bool = False
+    # API keys this import generated, {name: key}: printed once by import_tenant, never stored in plaintext.
+    generated_api_keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -668,11 +737,18 @@ def _apply(plan: TenantPlan, tenant: Tenant | None) -> ImportResult:
     crm_by_key = _apply_connections(tenant, CrmConnection, plan.crm, CRM, changes)
     _apply_extensions(tenant, plan.extensions, crm_by_key, changes)
     _apply_external_phones(tenant, plan.external_phones, crm_by_key, changes)
+    generated_keys = _apply_api_keys(tenant, plan.api_keys, changes) if plan.api_keys is not None else {}
     if created or changes:
         # Whatever changed may be in a CRM's copy (RetailCRM's module); the sync job is debounced and rolls
         # back with a dry run.
         request_crm_sync(tenant.pk)
-    return ImportResult(tenant=tenant, created=created, changes=changes, generated=plan.generated)
+    return ImportResult(
+        tenant=tenant,
+        created=created,
+        changes=changes,
+        generated=plan.generated,
+        generated_api_keys=generated_keys,
+    )
 
 
 def _assign(instance: models.Model, values: dict[str, Any]) -> list[str]:
@@ -829,3 +905,27 @@ def _apply_external_phones(
                 site_code.code = code
                 site_code.save(update_fields=["code"])
                 changes.append(f"external phone {plan.number}: site code {code!r} for {key}")
+
+
+def _apply_api_keys(tenant: Tenant, plans: list[ApiKeyPlan], changes: list[str]) -> dict[str, str]:
+    """Keys not in the file are revoked (kept for the audit trail); a new value replaces the key of its name."""
+    existing = {k.name: k for k in ApiKey.objects.active().filter(tenant=tenant)}
+    wanted = {plan.name for plan in plans}
+    for name, key in sorted(existing.items()):
+        if name not in wanted:
+            key.revoke()
+            changes.append(f"api key {name!r}: revoked")
+    generated: dict[str, str] = {}
+    for plan in plans:
+        current = existing.get(plan.name)
+        if plan.key is None and (current is not None or not plan.generate):
+            continue  # "***", or "generate" where a key of that name exists: kept as it is
+        if plan.key is not None and current is not None:
+            if current.matches(plan.key):
+                continue
+            current.revoke()
+        _row, value = ApiKey.issue(tenant, plan.name, plan.key)
+        if plan.key is None:
+            generated[plan.name] = value
+        changes.append(f"api key {plan.name!r}: {'replaced' if current else 'created'}")
+    return generated

@@ -26,6 +26,7 @@ from integrations.providers.base import (
     WebhookInputError,
     provider_class,
 )
+from portal import logs
 
 logger = logging.getLogger("callbridge.hooks")
 
@@ -47,6 +48,7 @@ class HookView(APIView):
             .first()
         )
         self.adapter = provider_class(key)(self.connection)
+        logs.bind_connection(self.connection)  # every line of this request names the tenant and connection
         return super().initialize_request(request, *args, **kwargs)
 
     def get_parsers(self) -> list[Any]:

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("callbridge")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["calls"])
+
+
+def _connect_logging() -> None:
+    # Workers log through Django's LOGGING (LOG_FORMAT=json included), and each task's lines carry the ids of
+    # the jobs it sends.
+    from portal import logs
+
+    signals.setup_logging.connect(logs.configure_worker_logging, weak=False)
+    signals.task_prerun.connect(logs.on_task_prerun, weak=False)
+    signals.task_postrun.connect(logs.on_task_postrun, weak=False)
+
+
+_connect_logging()

@@ -180,6 +180,18 @@ RECORDING_MAX_BYTES = int(
 RECORDING_FETCH_HOURS = _positive("RECORDING_FETCH_HOURS", _get("RECORDING_FETCH_HOURS", env.float, 6.0))
 RECORDS_THROTTLE = _rate("RECORDS_THROTTLE", _get("RECORDS_THROTTLE", env.str, "60/min"))
 
+# Read API, metrics and logs
+API_THROTTLE = _rate("API_THROTTLE", _get("API_THROTTLE", env.str, "600/min"))
+METRICS_TOKEN = _get("METRICS_TOKEN", env.str, "")
+# Read by prometheus-client itself (multiprocess mode for several gunicorn workers); checked here so a typo
+# stops the deploy instead of the first scrape.
+_multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+if _multiproc_dir and not Path(_multiproc_dir).is_dir():
+    raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR: no such directory {_multiproc_dir!r}")
+LOG_FORMAT = _get("LOG_FORMAT", env.str, "text").lower()
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT: expected text or json, got {LOG_FORMAT!r}")
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -188,11 +200,18 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "integrations",
     "calls",
+    "api",
 ]
 
 MIDDLEWARE = [
+    # Outermost, so it counts every /hooks/ answer, whichever layer produced it.
+    "portal.metrics.WebhookMetricsMiddleware",
+    "portal.logs.LogContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -353,13 +372,38 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Callbridge read API",
+    "DESCRIPTION": "A tenant's call history. Authenticate with `Authorization: Bearer <tenant API key>`.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Only /api/v1/ is the public API; the provider hooks speak each vendor's own protocol.
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "PREPROCESSING_HOOKS": ["api.schema.only_api_paths"],
+    # Swagger UI from the drf-spectacular-sidecar package: served by the portal, no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "portal.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "portal.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }

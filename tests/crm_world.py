@@ -100,3 +100,19 @@ def store_recording(call: Call, token: str | None = None) -> Recording:
     recording.refresh_from_db()
     recording_stored(recording)
     return recording
+
+
+WEBHOOK_SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, base64
+
+
+def webhook_subscriber(tenant: Any, url: str, secret: str = WEBHOOK_SECRET, **settings: Any) -> Any:
+    """A `webhook` provider connection (signed events to `url`) of `tenant`, key "hooks"."""
+    from tests.factories import CrmConnectionFactory
+
+    return CrmConnectionFactory(
+        tenant=tenant,
+        provider="webhook",
+        key="hooks",
+        settings=settings,
+        secrets={"url": url, "signing_secret": secret},
+    )

@@ -37,14 +37,23 @@ REGISTRY: dict[str, str] = {
     "planfix": "integrations.providers.planfix.PlanfixProvider",
     "retailcrm": "integrations.providers.retailcrm.RetailCrmProvider",
     "wirecrm": "integrations.providers.wirecrm.WireCrmProvider",
+    "webhook": "integrations.providers.webhook.WebhookProvider",
 }
-SIDES: dict[str, str] = {"rostelecom": PBX, "mango": PBX, "planfix": CRM, "retailcrm": CRM, "wirecrm": CRM}
+SIDES: dict[str, str] = {
+    "rostelecom": PBX,
+    "mango": PBX,
+    "planfix": CRM,
+    "retailcrm": CRM,
+    "wirecrm": CRM,
+    "webhook": CRM,
+}
 LABELS: dict[str, str] = {
     "rostelecom": "Rostelecom virtual PBX",
     "mango": "Mango Office VPBX",
     "planfix": "Planfix",
     "retailcrm": "RetailCRM",
     "wirecrm": "WireCRM",
+    "webhook": "Signed webhooks (any system)",
 }
 
 
@@ -89,7 +98,7 @@ class SchemaError(ValueError):
 class Field:
     """One key of a connection's `settings` or `secrets`.
 
-    kind: str | url | int | bool | choice | map | extension. `issued` marks a secret the portal issues
+    kind: str | url | int | bool | choice | choices (a list of `choices`) | map | extension. `issued` marks a secret the portal issues
     (it accepts "generate" and can be revealed to tenant admins); other secrets are write-only.
     """
 
@@ -151,6 +160,15 @@ class Field:
             if value not in self.choices:
                 raise SchemaError(self.name, f"must be one of {', '.join(self.choices)}, got {value!r}")
             return value
+        if kind == "choices":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise SchemaError(self.name, "must be a list of strings")
+            unknown = [v for v in value if v not in self.choices]
+            if unknown:
+                raise SchemaError(
+                    self.name, f"unknown value(s) {', '.join(unknown)}; known: {', '.join(self.choices)}"
+                )
+            return list(dict.fromkeys(value))  # each once, in the order given
         if kind == "map":
             if not isinstance(value, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()
@@ -388,6 +406,14 @@ class Provider:
     @classmethod
     def issued_secrets(cls) -> tuple[str, ...]:
         return tuple(f.name for f in cls.secret_fields if f.issued)
+
+    @classmethod
+    def new_secret(cls, name: str) -> str:
+        """A fresh value for the issued secret `name` ("generate"); providers whose tokens have a format of
+        their own (Standard Webhooks' whsec_…) override it."""
+        from integrations.crypto import new_token
+
+        return new_token()
 
     @property
     def settings(self) -> dict[str, Any]:

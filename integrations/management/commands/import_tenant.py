@@ -49,6 +49,12 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"  {path}: token generated; reveal it in the admin or with export_tenant --include-secrets"
             )
+        for name, key in result.generated_api_keys.items():
+            if result.dry_run:
+                self.stdout.write(f"  api key {name!r} would be generated")
+                continue
+            # Printed this once: only the key's hash is stored, so neither the admin nor export can show it.
+            self.stdout.write(f"  api key {name!r} generated (shown once, store it now): {key}")
         if result.dry_run:
             self.stdout.write("[dry run] Nothing was written.")
 
