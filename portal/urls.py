@@ -12,4 +12,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("integrations.urls")),
     path("", include("calls.urls")),
+    path("sandbox/", include("integrations.providers.sandbox.urls")),
 ]

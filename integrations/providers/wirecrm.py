@@ -131,6 +131,8 @@ class WireCrmProvider(CrmProvider):
     inbound_paths = (MAKE_CALL,)
     # WireCRM's history depends on every message: none expires, all wait for the call's earlier ones.
     job_kinds = {kind: FINAL for kind in KINDS.values()}
+    # WireCRM plays record_link only when it is an MP3 (crm.md §4).
+    playable_types = ("audio/mpeg",)
 
     # ---- inbound: click-to-call -------------------------------------------------------------------------
 
