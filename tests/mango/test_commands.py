@@ -13,7 +13,7 @@ from calls.services import originate
 from integrations.directory import import_extensions
 from integrations.models import Extension
 from integrations.providers.base import ProviderError, get_provider
-from integrations.providers.mango import describe, is_success, sign
+from integrations.providers.mango.wire import describe, is_success, sign
 from tests.factories import PbxConnectionFactory
 from tests.mango.support import API_KEY, API_URL, deliver, form, load, notices
 

@@ -9,7 +9,7 @@ import requests
 import responses
 
 from integrations.http import OutboundError
-from integrations.providers.retailcrm import (
+from integrations.providers.retailcrm.api import (
     GENERAL_RPS,
     TELEPHONY_RPS,
     RateLimited,

@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from calls.models import OutboundJob
 from integrations.models import ExtensionMapping, ExternalPhoneSiteCode
-from integrations.providers.retailcrm import (
-    RetailCrmError,
+from integrations.providers.retailcrm.api import RetailCrmError
+from integrations.providers.retailcrm.operations import (
     propose_mappings,
     read_module_back,
     register_module,

@@ -9,7 +9,8 @@ import pytest
 import responses
 
 from calls.models import Call, CallEvent, OutboundJob, Recording, RoutingDecision
-from integrations.providers.rostelecom import CALL_INFO, parse_party, parse_timestamp
+from integrations.providers.rostelecom.call_info import CALL_INFO
+from integrations.providers.rostelecom.wire import parse_party, parse_timestamp
 from tests.rostelecom.conftest import API, FIXTURES, load, post, post_all, run_due
 
 pytestmark = pytest.mark.django_db

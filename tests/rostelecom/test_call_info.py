@@ -11,7 +11,7 @@ import responses
 from django.utils import timezone
 
 from calls.models import Call, OutboundJob
-from integrations.providers.rostelecom import CALL_INFO
+from integrations.providers.rostelecom.call_info import CALL_INFO
 from tests.factories import CrmConnectionFactory
 from tests.rostelecom.conftest import API, CLIENT_ID, load, post_all, run_due, sign
 

@@ -13,7 +13,7 @@ from calls.services import originate
 from integrations.directory import import_extensions
 from integrations.models import Extension
 from integrations.providers.base import DirectoryEntry, ProviderError, get_provider
-from integrations.providers.rostelecom import RostelecomError
+from integrations.providers.rostelecom.api import RostelecomError
 from tests.factories import ExtensionFactory
 from tests.rostelecom.conftest import API, CLIENT_ID, load, post_all, run_due, sign
 

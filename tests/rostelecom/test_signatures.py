@@ -7,7 +7,8 @@ import json
 import pytest
 
 from calls.models import Call, CallEvent, OutboundJob, RoutingDecision
-from integrations.providers.rostelecom import RostelecomProvider, dump_json, signature
+from integrations.providers.rostelecom import RostelecomProvider
+from integrations.providers.rostelecom.wire import dump_json, signature
 from tests.factories import PbxConnectionFactory
 from tests.rostelecom.conftest import CLIENT_ID, FIXTURES, SIGN_KEY, load, post, sign
 from tests.webhook_security import WebhookSecurityContract
