@@ -48,7 +48,8 @@ class ScenarioError(ValueError):
 @dataclass(frozen=True)
 class Step:
     """One thing the PBX reports. kind: route (the routing question), ringing, answered, leg_ended, ended,
-    recording (a recording announced after the end)."""
+    recording (a recording announced after the end). In an outgoing call `ringing` is the call starting at the
+    extension (for click-to-call: the PBX ringing the employee) and `answered` the client answering."""
 
     at: float
     kind: str
@@ -202,13 +203,13 @@ def build_timeline(scenario: str, options: dict[str, Any]) -> Timeline:
         steps.append(Step(5.0, "answered", taker))
         steps += [Step(5.0, "leg_ended", x) for x in group if x != taker]
         steps += [Step(5.0 + talk, "leg_ended", taker), Step(5.0 + talk, "ended")]
-    else:  # click-to-call: the PBX calls the employee, then the client
+    else:  # click-to-call: the PBX calls the employee (ringing), then the client, who answers
         direction = "out"
         steps = [
             Step(0.0, "ringing", first),
-            Step(2.0, "answered", first),
-            Step(6.0 + talk, "leg_ended", first),
-            Step(6.0 + talk, "ended"),
+            Step(5.0, "answered", first),
+            Step(5.0 + talk, "leg_ended", first),
+            Step(5.0 + talk, "ended"),
         ]
     total = max(s.at for s in steps)
     start = options.get("start")

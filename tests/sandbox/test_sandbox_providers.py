@@ -3,6 +3,7 @@ contract tests in test_scenarios.py use a live server and a real worker)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -71,27 +72,52 @@ def test_refused_when_sandbox_is_disabled(client, settings, tenant, pbx, crm):
     assert client.get(f"/sandbox/pbx/{pbx.public_id}/directory").status_code == 404
 
 
-def test_click_to_call_plays_the_call_through_the_inbound_view(
-    client, tenant, pbx, crm, recordings_in_tmp, settings
-):
+def test_click_to_call_plays_the_call_through_the_inbound_view(client, tenant, pbx, crm, recordings_in_tmp):
+    from django.utils import timezone
+
     from calls.services import originate
 
     outcome = originate(tenant, "101", "+79161234567", crm_connection=crm)
     assert outcome.ok, outcome.error
-    plays = OutboundJob.objects.filter(kind="sandbox_pbx.play")
-    assert plays.count() == 4
-    # The PBX sends each webhook when it would: make them all due now rather than wait the call's length.
-    from django.utils import timezone
-
-    plays.update(next_attempt_at=timezone.now(), due_at=timezone.now())
-    SandboxCall.objects.filter(call_id=outcome.correlation_id).update(recording_ready_at=None)
+    plays = OutboundJob.objects.filter(kind="sandbox_pbx.play").order_by("due_at")
+    assert [job.payload["description"] for job in plays] == [
+        "ringing 101",
+        "answered 101",
+        "leg_ended 101",
+        "ended",
+    ]
+    assert plays.last().due_at - plays.first().due_at == dt.timedelta(seconds=13)
+    # The PBX sends each webhook when it would: here they are made due now rather than waited for.
+    for job in plays:
+        OutboundJob.objects.filter(pk=job.pk).update(next_attempt_at=timezone.now())
+        run_due(2)
+    # ... and so is the PBX's clock: the call it planned has ended, its recording is ready.
+    played = SandboxCall.objects.get(call_id=outcome.correlation_id)
+    played.plan["ended_at"] = timezone.now().isoformat()
+    played.recording_ready_at = None
+    played.save()
+    OutboundJob.objects.filter(kind="sandbox_pbx.call_details").update(next_attempt_at=timezone.now())
     run_due()
-    plays.update(next_attempt_at=timezone.now())
     call = Call.objects.get(provider_call_id=outcome.correlation_id)
-    run_due()
-    call.refresh_from_db()
-    assert call.direction == "out" and call.originate_request_id == outcome.request.pk
-    assert call.initiating_extension == "101" and call.client_phone == "+79161234567"
+    assert (call.direction, call.result, call.initiating_extension, call.client_phone) == (
+        "out",
+        "answered",
+        "101",
+        "+79161234567",
+    )
+    assert call.originate_request_id == outcome.request.pk
+    assert Recording.objects.get(call=call).state == Recording.STORED
+    assert [job.status for job in plays.all()] == [OutboundJob.SENT] * 4
+
+
+def test_an_extension_the_pbx_does_not_know_is_refused(tenant, pbx, crm):
+    from calls.services import originate
+    from integrations.models import Extension
+
+    Extension.objects.create(tenant=tenant, number="555")
+    outcome = originate(tenant, "555", "+79161234567", crm_connection=crm)
+    assert not outcome.ok and outcome.code == "pbx_refused"
+    assert not OutboundJob.objects.filter(kind="sandbox_pbx.play").exists()
 
 
 def test_the_pbx_api_answers_under_sandbox(client, tenant, pbx):
