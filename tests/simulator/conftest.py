@@ -4,6 +4,7 @@ server, the worker sends what the outbox holds, and the tests wait (bounded) for
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -72,3 +73,26 @@ def sandbox_crm(tenant):
 def worker(portal) -> Iterator[None]:
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
         yield
+
+
+@pytest.fixture
+def beat(worker) -> Iterator[None]:
+    """The relay every half second in a thread, as beat runs it, for tests whose calls play in real time (a
+    pop-up must go out while the call still rings)."""
+    from django.db import connection
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        try:
+            while not stop.wait(0.5):
+                with contextlib.suppress(Exception):
+                    outbox.relay()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=loop, name="test-beat", daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(10)
