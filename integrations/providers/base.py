@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
+from rest_framework.renderers import BaseRenderer
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -539,6 +540,26 @@ class CrmProvider(Provider):
     def jobs_for_sync(self) -> list[JobSpec]:
         """Jobs that a configuration change (mappings, external phones) calls for."""
         return []
+
+
+def compact_json(data: Any) -> bytes:
+    """ASCII-only compact JSON: the exact bytes a provider that signs JSON bodies signs, under any charset."""
+    import json
+
+    return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+class CompactJSONRenderer(BaseRenderer):
+    """Renders exactly what `compact_json` signs, so an answer can carry a signature over its body."""
+
+    media_type = "application/json"
+    format = "json"
+    charset = None
+
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
+        return b"" if data is None else compact_json(data)
 
 
 def public_base_url() -> str:

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 from rest_framework.parsers import JSONParser
-from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 
 from integrations.phones import is_extension, to_e164_or_none
 from integrations.providers.base import (
     CheckResult,
+    CompactJSONRenderer,
     DirectoryEntry,
     Field,
     JobKind,
@@ -42,6 +42,7 @@ from integrations.providers.base import (
     SimulatedRequest,
     WebhookAuthError,
     WebhookInputError,
+    compact_json,
     secrets_equal,
 )
 from integrations.providers.sandbox import DISABLED_MESSAGE, enabled, farend, require_enabled
@@ -72,23 +73,6 @@ MAX_CALL_ID = 64
 
 def signature(key: str, body: bytes) -> str:
     return hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
-
-
-def dump_json(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-
-
-class SandboxJSONRenderer(BaseRenderer):
-    """Renders exactly the bytes that `dump_json` signs."""
-
-    media_type = "application/json"
-    format = "json"
-    charset = None
-
-    def render(
-        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
-    ) -> bytes:
-        return b"" if data is None else dump_json(data)
 
 
 def order_key(moment: dt.datetime, seq: int) -> str:
@@ -141,10 +125,10 @@ class SandboxPbxProvider(PbxProvider):
         return [JSONParser]
 
     def renderer_classes(self, action: str) -> list[type]:
-        return [SandboxJSONRenderer]
+        return [CompactJSONRenderer]
 
     def answer(self, data: dict[str, Any]) -> Response:
-        return Response(data, headers={SIGNATURE_HEADER: signature(self.signing_key, dump_json(data))})
+        return Response(data, headers={SIGNATURE_HEADER: signature(self.signing_key, compact_json(data))})
 
     @staticmethod
     def read_body(request: Request) -> dict[str, Any]:
@@ -453,7 +437,7 @@ class SandboxPbxProvider(PbxProvider):
         for index, step in enumerate(timeline.steps):
             delay = timeline.delay_before(index)
             if step.kind == "route":
-                body = dump_json(
+                body = compact_json(
                     {"call_id": timeline.call_id, "client": timeline.client, "did": timeline.did}
                 )
                 out.append(
@@ -479,7 +463,7 @@ class SandboxPbxProvider(PbxProvider):
                 "did": timeline.did,
                 "extension": step.extension,
             }
-            body = dump_json(data)
+            body = compact_json(data)
             what = f"{event} {step.extension}".strip()
             out.append(
                 SimulatedRequest(

@@ -132,3 +132,41 @@ def test_the_pbx_api_answers_under_sandbox(client, tenant, pbx):
     )
     audio = client.get(f"/sandbox/pbx/{pbx.public_id}/recordings/sim-api-1", headers=headers)
     assert audio.status_code == 200 and audio["Content-Type"] == "audio/wav" and audio.content[:4] == b"RIFF"
+
+
+def test_reconcile_answers_from_the_pbxs_memory(client, tenant, pbx, crm):
+    from django.utils import timezone
+
+    requests = get_provider(pbx).simulate("transfer", default_options(tenant, fast=True, call_id="sim-rec-1"))
+    post_simulated(client, [r for r in requests if b'"ended"' not in r.body])  # the end never arrived
+    call = Call.objects.get(provider_call_id="sim-rec-1")
+    result = get_provider(pbx).reconcile(call)
+    assert result.status == "completed" and result.events[-1].final
+    assert (result.events[-1].outcome, result.events[-1].talk_seconds) == ("answered", 15)
+
+    played = SandboxCall.objects.get(call_id="sim-rec-1")
+    played.plan["ended_at"] = (timezone.now() + dt.timedelta(minutes=1)).isoformat()
+    played.save()
+    assert get_provider(pbx).reconcile(call).status == "live"
+    played.delete()
+    assert get_provider(pbx).reconcile(call).status == "unknown"
+
+
+def test_check_connection_reports_the_far_end(tenant, pbx, crm):
+    pbx_check, crm_check = get_provider(pbx).check_connection(), get_provider(crm).check_connection()
+    assert pbx_check.ok and "3 users in its directory" in pbx_check.summary
+    assert crm_check.ok and "1 routing-table rows" in crm_check.summary
+
+
+def test_recordings_are_mp3_when_a_crm_plays_only_mp3(tenant, pbx, crm):
+    from integrations.providers.sandbox import farend
+    from tests.factories import CrmConnectionFactory
+
+    get_provider(pbx).simulate("answered", default_options(tenant, fast=True, call_id="sim-mp3"))
+    SandboxCall.objects.filter(call_id="sim-mp3").update(recording_ready_at=None)
+    assert farend.recording(pbx, "sim-mp3")[1] == "audio/wav"
+    CrmConnectionFactory(tenant=tenant, provider="wirecrm")
+    content, content_type = farend.recording(pbx, "sim-mp3")
+    assert content_type == "audio/mpeg"
+    assert content[0] == 0xFF and content[1] & 0xE0 == 0xE0  # an MPEG audio frame starts the file
+    assert len(content) > 1000

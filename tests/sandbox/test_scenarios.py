@@ -25,7 +25,7 @@ from tests.factories import PbxConnectionFactory
 from tests.mango.support import API_KEY, API_SALT, API_URL
 from tests.rostelecom.conftest import API as RT_API
 from tests.rostelecom.conftest import CLIENT_ID, SIGN_KEY
-from tests.simulator.conftest import MP3, RECORDS, wait_for
+from tests.sandbox.conftest import MP3, RECORDS, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

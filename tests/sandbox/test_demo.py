@@ -14,7 +14,7 @@ from django.core.management import call_command
 from calls.models import Call, Recording, RoutingDecision
 from integrations.models import CrmConnection
 from integrations.providers.sandbox.models import SandboxMessage
-from tests.simulator.conftest import wait_for
+from tests.sandbox.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
