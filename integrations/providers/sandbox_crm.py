@@ -30,6 +30,8 @@ from integrations.providers.sandbox import DISABLED_MESSAGE, enabled, require_en
 from integrations.providers.sandbox.models import SandboxContact, SandboxMessage
 
 KIND_POPUP = "sandbox_crm.popup"
+# Closing a colleague's card comes with the end of the call, so it must not expire with it as pop-ups do.
+KIND_CARD_CLOSED = "sandbox_crm.card_closed"
 KIND_COMPLETED = "sandbox_crm.completed"
 KIND_HISTORY = "sandbox_crm.history"
 KIND_RECORDING = "sandbox_crm.recording"
@@ -64,7 +66,13 @@ class SandboxCrmProvider(CrmProvider):
     key = "sandbox_crm"
     admin_page = "integrations.providers.sandbox.views.inbox_page"
     admin_page_title = "Sandbox inbox"
-    job_kinds = {KIND_POPUP: POPUP, KIND_COMPLETED: FINAL, KIND_HISTORY: FINAL, KIND_RECORDING: FINAL}
+    job_kinds = {
+        KIND_POPUP: POPUP,
+        KIND_CARD_CLOSED: FINAL,
+        KIND_COMPLETED: FINAL,
+        KIND_HISTORY: FINAL,
+        KIND_RECORDING: FINAL,
+    }
 
     # ---- routing ----
     def answers_routing(self, query: RoutingQuery) -> bool:
@@ -99,8 +107,9 @@ class SandboxCrmProvider(CrmProvider):
         for notice in notices:
             payload = {"notice": notice.kind, "extension": notice.extension}
             if notice.kind in POPUP_TEXT:
+                kind = KIND_CARD_CLOSED if notice.kind == "leg_cancelled" else KIND_POPUP
                 key = f"{call.pk}:popup:{notice.kind}:{notice.extension}:{notice.order_key}"
-                specs.append(JobSpec(KIND_POPUP, key, payload, call, notice.order_key))
+                specs.append(JobSpec(kind, key, payload, call, notice.order_key))
             elif notice.kind == "completed":
                 specs.append(JobSpec(KIND_COMPLETED, f"{call.pk}:completed", payload, call, notice.order_key))
                 specs.append(
@@ -123,7 +132,7 @@ class SandboxCrmProvider(CrmProvider):
         contact = contact_for(self.connection, call.client_phone)
         name = f" ({contact.name})" if contact and contact.name else ""
         extension = str(job.payload.get("extension") or "")
-        if job.kind == KIND_POPUP:
+        if job.kind in {KIND_POPUP, KIND_CARD_CLOSED}:
             notice = job.payload["notice"]
             text = POPUP_TEXT[notice].format(client=client, name=name, ext=extension or "-")
             message = inbox(

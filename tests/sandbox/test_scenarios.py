@@ -100,6 +100,8 @@ def test_every_scenario_produces_its_call(provider, scenario, portal, tenant, sa
     expected = EXPECTED[scenario]
     settings_, secrets = PBX_SETTINGS[provider]
     pbx = PbxConnectionFactory(tenant=tenant, provider=provider, settings=settings_, secrets=secrets)
+    # Extensions that rang but did not take the call: their cards close when the call is final.
+    cards_to_close = sorted(set(expected.rang) - set(expected.answered))
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add_passthru(portal)
         mock.add(responses.GET, re.compile(rf"{re.escape(RECORDS)}/.+"), body=MP3, content_type="audio/mpeg")
@@ -125,7 +127,14 @@ def test_every_scenario_produces_its_call(provider, scenario, portal, tenant, sa
                     "kind", flat=True
                 )
             )
-            return {"completed", "history"} <= kinds and ("recording" in kinds) == expected.recorded
+            closed = SandboxMessage.objects.filter(
+                pbx_call_id=call.provider_call_id, data__notice="leg_cancelled"
+            )
+            return (
+                {"completed", "history"} <= kinds
+                and ("recording" in kinds) == expected.recorded
+                and closed.count() == len(cards_to_close)
+            )
 
         assert wait_for(done, timeout=90), out.getvalue()
 
@@ -140,6 +149,8 @@ def test_every_scenario_produces_its_call(provider, scenario, portal, tenant, sa
     if expected.direction == "out":
         assert call.initiating_extension == "101"
     assert call.client_phone == "+79161110022"
+    closed = SandboxMessage.objects.filter(pbx_call_id=call.provider_call_id, data__notice="leg_cancelled")
+    assert sorted(closed.values_list("extension", flat=True)) == cards_to_close
     completed = SandboxMessage.objects.get(kind="completed", pbx_call_id=call.provider_call_id)
     assert completed.data["result"] == expected.result and completed.data["talk_seconds"] == expected.talk
     if expected.recorded:

@@ -66,7 +66,7 @@ class Command(BaseCommand):
         base = (options["url"] or settings.PUBLIC_BASE_URL).rstrip("/")
         adapter = get_provider(pbx)
         self.stdout.write(f"{options['scenario']}: {DESCRIPTIONS[options['scenario']]}")
-        self.stdout.write(f"PBX {pbx} ({label}) → {base}")
+        self.stdout.write(f"PBX {pbx}: {label} → {base}")
         failed = 0
         with requests.Session() as session:
             for number in range(1, options["count"] + 1):
