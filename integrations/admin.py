@@ -581,6 +581,14 @@ def announce_token(request: HttpRequest, obj: Connection, name: str) -> None:
 class PbxConnectionAdmin(ConnectionAdmin):
     actions = ["import_extensions", "send_test_call"]
 
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        """ "Send test call" is offered only where the user sees a PBX connection that plays test calls."""
+        actions = super().get_actions(request)
+        providers = self.get_queryset(request).values_list("provider", flat=True).distinct()
+        if not any(provider_class(key).offers_test_call for key in providers if key in REGISTRY):
+            actions.pop("send_test_call", None)
+        return actions
+
     @admin.action(description="Send test call (sandbox PBX connections only)", permissions=["operate"])
     def send_test_call(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Plays the `answered` scenario through a simulated PBX. Never offered for a real PBX connection: the

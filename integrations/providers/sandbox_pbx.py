@@ -93,6 +93,8 @@ class SandboxPbxProvider(PbxProvider):
     )
     secret_fields = (Field("signing_key", "secret", issued=True),)
     inbound_paths = ("events", "route")
+    admin_page = "integrations.providers.sandbox.views.pbx_page"
+    admin_page_title = "Sandbox PBX: calls played, send test call"
     auth_failure_status = 403
     job_kinds = {
         DETAILS: JobKind(window=dt.timedelta(minutes=2), ordered=False),

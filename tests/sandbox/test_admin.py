@@ -95,3 +95,17 @@ def test_sandbox_connections_are_marked_in_the_lists(admin_client, pbx, crm):
         "Sandbox CRM (simulated, in the portal)"
         in admin_client.get("/admin/integrations/crmconnection/").content.decode()
     )
+
+
+def test_the_sandbox_pbx_page_lists_calls_played_and_sends_a_test_call(admin_client, tenant, pbx, crm):
+    url = f"/admin/integrations/pbxconnection/{pbx.pk}/provider-page/"
+    assert url in admin_client.get(f"/admin/integrations/pbxconnection/{pbx.pk}/change/").content.decode()
+    assert admin_client.post(url, {"test-scenario": "missed"}).status_code == 302
+    page = admin_client.get(url).content.decode()
+    assert "missed" in page and "+79161110022" in page
+    assert OutboundJob.objects.filter(kind="sandbox_pbx.play").count() == 4
+
+
+def test_send_test_call_is_not_offered_without_a_sandbox_pbx(admin_client, tenant):
+    PbxConnectionFactory(tenant=tenant, key="rt", provider="rostelecom")
+    assert "send_test_call" not in admin_client.get("/admin/integrations/pbxconnection/").content.decode()

@@ -1,5 +1,5 @@
-"""Pages of the sandbox: the simulated PBX's API under /sandbox/pbx/<public_id>/, and the sandbox CRM's inbox
-in the connection's admin.
+"""Pages of the sandbox: the simulated PBX's API under /sandbox/pbx/<public_id>/, and in the connections' admin
+the sandbox PBX's page (calls played, "Send test call") and the sandbox CRM's inbox.
 
 The PBX API answers what the sandbox PBX adapter asks in-process (farend), for people and tools that want to see
 the simulated PBX from outside. Requests carry the connection's signing_key in `X-Sandbox-Key`. Everything is a
@@ -23,7 +23,8 @@ from django.views.decorators.http import require_http_methods
 from integrations.models import CrmConnection, PbxConnection
 from integrations.providers.base import ProviderError, secrets_equal
 from integrations.providers.sandbox import enabled, farend
-from integrations.providers.sandbox.models import SandboxContact, SandboxMessage
+from integrations.providers.sandbox.models import SandboxCall, SandboxContact, SandboxMessage
+from integrations.simulation import DESCRIPTIONS, SCENARIOS
 
 INBOX_LIMIT = 200
 
@@ -184,3 +185,42 @@ def inbox_page(request: HttpRequest, connection: CrmConnection, model_admin: Any
         "sandbox_enabled": enabled(),
     }
     return TemplateResponse(request, "sandbox/inbox.html", context)
+
+
+class TestCallForm(forms.Form):
+    scenario = forms.ChoiceField(choices=[(s, f"{s}: {DESCRIPTIONS[s]}") for s in SCENARIOS])
+
+
+def pbx_page(request: HttpRequest, connection: PbxConnection, model_admin: Any) -> HttpResponse:
+    """The sandbox PBX's own page: the calls it played (from its memory) and "Send test call"."""
+    from integrations.simulation import ScenarioError, default_options
+
+    if not model_admin.has_view_permission(request, connection):
+        raise Http404
+    writable = model_admin.has_change_permission(request, connection)
+    form = TestCallForm(prefix="test")
+    if request.method == "POST":
+        if not writable:
+            raise Http404
+        form = TestCallForm(request.POST, prefix="test")
+        if form.is_valid():
+            try:
+                report = connection.adapter.send_test_call(
+                    form.cleaned_data["scenario"], default_options(connection.tenant)
+                )
+            except (ScenarioError, ProviderError) as exc:
+                messages.error(request, str(exc))
+            else:
+                messages.success(request, report)
+            return redirect(request.path)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "original": connection,
+        "title": f"Sandbox PBX: {connection}",
+        "played": SandboxCall.objects.filter(pbx_connection=connection)[:INBOX_LIMIT],
+        "form": form,
+        "writable": writable,
+        "sandbox_enabled": enabled(),
+    }
+    return TemplateResponse(request, "sandbox/pbx.html", context)
