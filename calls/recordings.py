@@ -131,10 +131,10 @@ def fetch(recording: Recording, timeout: Any = None, deadline_seconds: float | N
 def _download(recording: Recording, timeout: Any, deadline_seconds: float | None) -> tuple[str, str, int]:
     call = recording.call
     adapter = get_provider(call.pbx_connection)
-    local = adapter.recording_content(recording)  # a PBX simulated inside the portal hands the file over
-    link = (
-        "" if local is not None else adapter.recording_link(recording)
-    )  # right before: links are single-use
+    # A PBX simulated inside the portal hands the file over; any other gives a link, asked for right before
+    # downloading because links are single-use.
+    local = adapter.recording_content(recording)
+    link = "" if local is not None else adapter.recording_link(recording)
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES) as spool:
         dest: Any = _Deadline(spool, deadline_seconds) if deadline_seconds else spool
         if local is not None:

@@ -582,7 +582,7 @@ class PbxConnectionAdmin(ConnectionAdmin):
     actions = ["import_extensions", "send_test_call"]
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        """ "Send test call" is offered only where the user sees a PBX connection that plays test calls."""
+        """The "Send test call" action is offered only where the user sees a PBX connection that plays them."""
         actions = super().get_actions(request)
         providers = self.get_queryset(request).values_list("provider", flat=True).distinct()
         if not any(provider_class(key).offers_test_call for key in providers if key in REGISTRY):
