@@ -6,13 +6,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.requirements-installed
 PYTEST_ARGS ?=
+# make simulate: which tenant and scenario, and any more simulate_call options (e.g. SIMULATE_ARGS="--count 3").
+TENANT ?= demo
+SCENARIO ?= answered
+SIMULATE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format venv
+.PHONY: help run test lint format venv simulate
 
 help:
 	@echo "make run     serve the portal on PORT (default 8000) with a Celery worker and beat; Ctrl-C stops all"
 	@echo "make test    run the whole test suite (PYTEST_ARGS=... passes options to pytest)"
+	@echo "make simulate SCENARIO=answered  play a simulated call into the running portal (TENANT=demo)"
 	@echo "make lint    ruff check and ruff format --check"
 	@echo "make format  apply ruff's fixes and formatting"
 	@echo "make venv    create .venv and install requirements.txt"
@@ -37,6 +42,11 @@ $(INSTALLED): requirements.txt | $(PY)
 # PORT (default 8000) with a worker and beat. Ctrl-C stops all three.
 run: $(INSTALLED) .env
 	$(PY) -m portal.runall
+
+# Plays one simulated call (answered, missed, busy, transfer, ring-group, click-to-call, recording) through the
+# inbound URLs of the portal that `make run` serves; see docs/simulator.md.
+simulate: $(INSTALLED) .env
+	$(PY) manage.py simulate_call $(TENANT) --scenario $(SCENARIO) $(SIMULATE_ARGS)
 
 test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -174,11 +174,13 @@ def _ask_crms(
         adapter = get_provider(crm)
         cached = cached_answers.get(keys[crm.pk])
         item = _Asked(crm, cached=RoutingAnswer(**cached) if cached else None)
-        every_call = adapter.answers_routing(query) and adapter.asks_every_call(query)
+        # answers_routing() is asked once: an adapter may do work there (the sandbox CRM reads its table).
+        answers = adapter.answers_routing(query)
+        every_call = answers and adapter.asks_every_call(query)
         if item.cached is not None and not every_call:
             asked.append(item)
             continue
-        if not adapter.answers_routing(query):
+        if not answers:
             continue
         if breaker_open(crm):
             detail["skipped"].append(crm.key)

@@ -53,7 +53,9 @@ from integrations.providers.base import (
     REGISTRY,
     SIDES,
     Field,
+    ProviderError,
     SchemaError,
+    get_provider,
     provider_class,
 )
 
@@ -471,6 +473,11 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                 self.admin_site.admin_view(self.regenerate_secret_view),
                 name="{}_{}_regenerate_secret".format(*info),
             ),
+            path(
+                "<path:object_id>/provider-page/",
+                self.admin_site.admin_view(self.provider_page_view),
+                name="{}_{}_provider_page".format(*info),
+            ),
         ]
         return custom + super().get_urls()
 
@@ -497,7 +504,20 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         obj: Connection | None = None,
     ) -> HttpResponse:
         context["issued_secret_tools"] = self.issued_secret_tools(request, obj) if obj is not None else []
+        if obj is not None and obj.provider_cls.admin_page:
+            info = self.opts.app_label, self.opts.model_name
+            context["provider_page"] = {
+                "url": reverse("admin:{}_{}_provider_page".format(*info), args=[obj.pk]),
+                "title": obj.provider_cls.admin_page_title or "Provider page",
+            }
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def provider_page_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The provider's own page for one connection (Provider.admin_page), e.g. the sandbox CRM's inbox."""
+        obj = self.get_object(request, unquote(object_id))  # None outside the user's tenants
+        if obj is None or not obj.provider_cls.admin_page:
+            raise Http404("This connection's provider has no page of its own.")
+        return import_string(obj.provider_cls.admin_page)(request, obj, self)
 
     def _issued_secret_target(self, request: HttpRequest, object_id: str, name: str) -> Connection:
         obj = self.get_object(request, unquote(object_id))  # 404 outside the user's tenants
@@ -562,7 +582,37 @@ def announce_token(request: HttpRequest, obj: Connection, name: str) -> None:
 
 @admin.register(PbxConnection)
 class PbxConnectionAdmin(ConnectionAdmin):
-    actions = ["import_extensions"]
+    actions = ["import_extensions", "send_test_call"]
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        """The "Send test call" action is offered only where the user sees a PBX connection that plays them."""
+        actions = super().get_actions(request)
+        providers = self.get_queryset(request).values_list("provider", flat=True).distinct()
+        if not any(provider_class(key).offers_test_call for key in providers if key in REGISTRY):
+            actions.pop("send_test_call", None)
+        return actions
+
+    @admin.action(description="Send test call (sandbox PBX connections only)", permissions=["operate"])
+    def send_test_call(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Plays the `answered` scenario through a simulated PBX. Never offered for a real PBX connection: the
+        tenant's real CRMs would receive an invented call."""
+        from integrations.simulation import ScenarioError, default_options
+
+        for connection in self.operable_queryset(request, queryset).select_related("tenant"):
+            adapter = get_provider(connection)
+            if not adapter.offers_test_call:
+                self.message_user(
+                    request,
+                    f"{connection}: test calls are only for sandbox PBX connections; nothing was sent",
+                    messages.ERROR,
+                )
+                continue
+            try:
+                report = adapter.send_test_call("answered", default_options(connection.tenant))
+            except (ScenarioError, ProviderError) as exc:
+                self.message_user(request, f"{connection}: {exc}", messages.ERROR)
+                continue
+            self.message_user(request, f"{connection}: {report}")
 
     @admin.action(description="Import extensions from PBX", permissions=["operate"])
     def import_extensions(self, request: HttpRequest, queryset: QuerySet) -> None:

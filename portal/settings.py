@@ -142,6 +142,9 @@ WEBHOOK_MAX_BODY_BYTES = int(
     _positive("WEBHOOK_MAX_BODY_BYTES", _get("WEBHOOK_MAX_BODY_BYTES", env.int, 65536))
 )
 OUTBOX_TIME_SCALE = _positive("OUTBOX_TIME_SCALE", _get("OUTBOX_TIME_SCALE", env.float, 1.0))
+# The simulated providers (sandbox PBX and CRM) and their /sandbox/ pages: on for development, off in production
+# unless asked for. They stay registered either way; when off they refuse to work.
+SANDBOX_ENABLED = _bool("SANDBOX_ENABLED", DEBUG)
 
 # Outbound HTTP
 OUTBOUND_ALLOW_PRIVATE_NETWORKS = _bool("OUTBOUND_ALLOW_PRIVATE_NETWORKS", False)
@@ -206,6 +209,7 @@ INSTALLED_APPS = [
     "integrations",
     "calls",
     "api",
+    "integrations.providers.sandbox",
 ]
 
 MIDDLEWARE = [

@@ -14,4 +14,5 @@ urlpatterns = [
     path("", include("integrations.urls")),
     path("", include("calls.urls")),
     path("", include("api.urls")),
+    path("sandbox/", include("integrations.providers.sandbox.urls")),
 ]

@@ -8,6 +8,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
+from integrations.management.commands.seed_demo import demo_document
 from integrations.models import (
     CrmConnection,
     Extension,
@@ -17,7 +18,8 @@ from integrations.models import (
     Tenant,
     TenantMembership,
 )
-from integrations.tenant_file import dump_document, export_tenant
+from integrations.providers.sandbox.models import SandboxContact
+from integrations.tenant_file import dump_document, export_tenant, import_tenant
 
 pytestmark = pytest.mark.django_db
 
@@ -34,17 +36,55 @@ def seed() -> str:
     return out.getvalue()
 
 
-def test_seed_demo_creates_a_tenant_with_one_active_pbx_and_three_inactive_crms():
+def test_seed_demo_creates_a_tenant_with_the_sandbox_active_and_the_real_providers_inactive():
     seed()
     tenant = Tenant.objects.get(slug="demo")
-    pbx = PbxConnection.objects.get(tenant=tenant)
-    assert (pbx.provider, pbx.active) == ("rostelecom", True)
+    pbxs = PbxConnection.objects.filter(tenant=tenant).order_by("key")
+    assert [(p.provider, p.active) for p in pbxs] == [("rostelecom", False), ("sandbox_pbx", True)]
     crms = CrmConnection.objects.filter(tenant=tenant).order_by("priority")
     assert [(c.provider, c.active) for c in crms] == [
+        ("sandbox_crm", True),
         ("planfix", False),
         ("retailcrm", False),
         ("wirecrm", False),
     ]
+    sandbox_crm = crms[0]
+    assert SandboxContact.objects.get(crm_connection=sandbox_crm, phone="+79161110022").extension == "101"
+
+
+def old_demo_document() -> dict:
+    """The demo tenant as seed_demo wrote it before the sandbox existed."""
+    document = demo_document()
+    document["pbx"] = [{**document["pbx"][1], "active": True}]
+    document["crm"] = document["crm"][1:]
+    return document
+
+
+def test_an_old_demo_tenant_gets_the_sandbox_and_its_placeholder_pbx_is_switched_off():
+    import_tenant(old_demo_document())
+    old = PbxConnection.objects.get(provider="rostelecom")
+    secrets = dict(old.secrets)
+    output = seed()
+    old.refresh_from_db()
+    assert not old.active and old.secrets == secrets
+    tenant = Tenant.objects.get(slug="demo")
+    assert tenant.active_pbx().provider == "sandbox_pbx"
+    assert [c.provider for c in tenant.active_crms()] == ["sandbox_crm"]
+    assert "sandbox PBX added (active)" in output
+    assert SandboxContact.objects.count() == 2
+
+
+def test_an_old_demo_tenant_with_a_configured_pbx_keeps_it_active_and_its_credentials():
+    import_tenant(old_demo_document())
+    old = PbxConnection.objects.get(provider="rostelecom")
+    old.secrets = {"client_id": "REAL-CLIENT", "sign_key": "REAL-KEY"}
+    old.save()
+    seed()
+    old.refresh_from_db()
+    assert old.active and old.secrets == {"client_id": "REAL-CLIENT", "sign_key": "REAL-KEY"}
+    sandbox = PbxConnection.objects.get(provider="sandbox_pbx")
+    assert not sandbox.active and len(sandbox.secrets["signing_key"]) >= 32
+    assert not CrmConnection.objects.get(provider="sandbox_crm").active
 
 
 def test_seed_demo_issues_the_tokens_the_crms_will_need():

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
+from rest_framework.renderers import BaseRenderer
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -38,6 +39,8 @@ REGISTRY: dict[str, str] = {
     "retailcrm": "integrations.providers.retailcrm.RetailCrmProvider",
     "wirecrm": "integrations.providers.wirecrm.WireCrmProvider",
     "webhook": "integrations.providers.webhook.WebhookProvider",
+    "sandbox_pbx": "integrations.providers.sandbox_pbx.SandboxPbxProvider",
+    "sandbox_crm": "integrations.providers.sandbox_crm.SandboxCrmProvider",
 }
 SIDES: dict[str, str] = {
     "rostelecom": PBX,
@@ -46,6 +49,8 @@ SIDES: dict[str, str] = {
     "retailcrm": CRM,
     "wirecrm": CRM,
     "webhook": CRM,
+    "sandbox_pbx": PBX,
+    "sandbox_crm": CRM,
 }
 LABELS: dict[str, str] = {
     "rostelecom": "Rostelecom virtual PBX",
@@ -54,7 +59,16 @@ LABELS: dict[str, str] = {
     "retailcrm": "RetailCRM",
     "wirecrm": "WireCRM",
     "webhook": "Signed webhooks (any system)",
+    "sandbox_pbx": "Sandbox PBX (simulated, in the portal)",
+    "sandbox_crm": "Sandbox CRM (simulated, in the portal)",
 }
+# Simulated providers whose far end lives in the portal. They stay registered whatever the settings (model
+# choices and migrations never depend on them) and refuse to work at run time unless SANDBOX_ENABLED.
+SANDBOX: frozenset[str] = frozenset({"sandbox_pbx", "sandbox_crm"})
+
+
+def is_sandbox(key: str) -> bool:
+    return key in SANDBOX
 
 
 def provider_choices(side: str) -> list[tuple[str, str]]:
@@ -326,13 +340,15 @@ class ReconcileResult:
 @dataclass(frozen=True)
 class SimulatedRequest:
     """One inbound request a PBX provider's `simulate()` would send: posted to PUBLIC_BASE_URL + `path`
-    after waiting `delay_seconds`; `description` is printed for the person watching."""
+    after waiting `delay_seconds`; `description` is printed for the person watching; `call_id` is the PBX's id
+    of the simulated call (Call.provider_call_id once ingested)."""
 
     path: str
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     delay_seconds: float = 0.0
     description: str = ""
+    call_id: str = ""
 
 
 class ProviderError(Exception):
@@ -390,6 +406,10 @@ class Provider:
     # The status and body for bad or missing credentials.
     auth_failure_status: ClassVar[int] = 403
     job_kinds: ClassVar[dict[str, JobKind]] = {}
+    # A page of the provider's own in the connection's admin (dotted path of a view taking the request, the
+    # connection and the model admin), linked from the change form; "" = none. The sandbox CRM's inbox.
+    admin_page: ClassVar[str] = ""
+    admin_page_title: ClassVar[str] = ""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -500,11 +520,24 @@ class PbxProvider(Provider):
         """A fresh (temporary, maybe single-use) download link, obtained right before downloading."""
         raise ProviderError(f"{self.key} cannot provide recordings", permanent=True)
 
+    def recording_content(self, recording: Recording) -> tuple[bytes, str] | None:
+        """The file itself and its content type, for a PBX whose far end lives inside the portal (the sandbox):
+        the SSRF guard rightly refuses links to loopback. None (every real PBX) = download recording_link()."""
+        return None
+
     def list_extensions(self) -> list[DirectoryEntry]:
         raise ProviderError(f"{self.key} has no directory", permanent=True)
 
     def dedupe_key(self, event: NormalisedEvent) -> str:
         return event.dedupe_key
+
+    # Whether the admin's "Send test call" may play an invented call through this connection: simulated PBXs
+    # only, because on a real PBX connection the tenant's real CRMs would receive it.
+    offers_test_call: ClassVar[bool] = False
+
+    def send_test_call(self, scenario: str, options: dict[str, Any]) -> str:
+        """Play one simulated call through this connection now (the admin's "Send test call")."""
+        raise ProviderError(f"{self.key} does not play test calls", permanent=True)
 
     def reconcile(self, call: Call) -> ReconcileResult:
         """Ask the PBX about a call that has had no end and no event for RECONCILE_AFTER_SECONDS."""
@@ -539,6 +572,10 @@ class CrmProvider(Provider):
     # taking the connection and returning a one-line report for the admin message).
     admin_operations: ClassVar[dict[str, tuple[str, str]]] = {}
 
+    # Content types this CRM's player accepts for recording links ("" = any); a simulated PBX that can produce
+    # several formats picks one every active CRM of the tenant plays.
+    playable_types: ClassVar[tuple[str, ...]] = ()
+
     def accepts_playback_client_id(self, client_id: str) -> bool:
         """Whether a recording link fetched with ?clientId=… is this CRM's (RetailCRM plays them that way)."""
         return False
@@ -546,6 +583,26 @@ class CrmProvider(Provider):
     def jobs_for_sync(self) -> list[JobSpec]:
         """Jobs that a configuration change (mappings, external phones) calls for."""
         return []
+
+
+def compact_json(data: Any) -> bytes:
+    """ASCII-only compact JSON: the exact bytes a provider that signs JSON bodies signs, under any charset."""
+    import json
+
+    return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+class CompactJSONRenderer(BaseRenderer):
+    """Renders exactly what `compact_json` signs, so an answer can carry a signature over its body."""
+
+    media_type = "application/json"
+    format = "json"
+    charset = None
+
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
+        return b"" if data is None else compact_json(data)
 
 
 def public_base_url() -> str:

@@ -146,6 +146,8 @@ class WireCrmProvider(CrmProvider):
             window=FINAL.window, ttl=dt.timedelta(seconds=POPUP_TTL_SECONDS), expires_on_call_end=True
         ),
     }
+    # WireCRM plays record_link only when it is an MP3 (crm.md §4).
+    playable_types = ("audio/mpeg",)
 
     # ---- inbound: click-to-call -------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""manage.py seed_demo: a demo tenant and an admin login, so a fresh install has something to look at."""
+"""manage.py seed_demo: a demo tenant and an admin login, so a fresh install has something to look at and, with
+the sandbox PBX and CRM, a whole call to watch (`make simulate SCENARIO=answered`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from integrations.models import Tenant, TenantMembership
+from integrations.models import CrmConnection, PbxConnection, Tenant, TenantMembership
+from integrations.providers.sandbox import enabled as sandbox_enabled
+from integrations.providers.sandbox.models import SandboxContact
+from integrations.simulation import DEFAULT_CLIENT
 from integrations.tenant_file import import_tenant
 
 DEMO_SLUG = "demo"
@@ -20,9 +24,33 @@ PASSWORD_ENV = "DEMO_ADMIN_PASSWORD"
 PLACEHOLDER = "replace-me"
 
 
+SANDBOX_PBX = {
+    "key": "sandbox",
+    "provider": "sandbox_pbx",
+    "active": True,
+    "settings": {},
+    "secrets": {"signing_key": "generate"},
+}
+SANDBOX_CRM = {
+    "key": "sandbox",
+    "provider": "sandbox_crm",
+    "active": True,
+    "priority": 0,
+    "settings": {},
+    "secrets": {},
+}
+# The sandbox CRM's routing table: the number `simulate_call` calls from by default is a known client of 101.
+DEMO_CONTACTS = (
+    (DEFAULT_CLIENT, "Ivan Petrov (demo client)", "101"),
+    ("+79162220033", "Olga Smirnova (demo client)", "102"),
+)
+
+
 def demo_document() -> dict[str, Any]:
-    """The demo tenant as a tenant file. The CRMs are inactive: their hosts and credentials are invented, and
-    an active connection would keep retrying against them until an admin enters real ones."""
+    """The demo tenant as a tenant file: the sandbox PBX and CRM, active, so `make simulate` shows the whole flow
+    without accounts; a Rostelecom PBX and three CRMs inactive, with placeholders, to fill in and switch on. The
+    real CRMs stay inactive: their hosts and credentials are invented, and an active connection would keep
+    retrying against them until an admin enters real ones."""
     return {
         "slug": DEMO_SLUG,
         "name": "Demo",
@@ -31,15 +59,17 @@ def demo_document() -> dict[str, Any]:
         "time_zone": "Europe/Moscow",
         "retention_days": None,
         "pbx": [
+            dict(SANDBOX_PBX),
             {
                 "key": "pbx",
                 "provider": "rostelecom",
-                "active": True,
+                "active": False,
                 "settings": {"domain": "demo.example"},
                 "secrets": {"client_id": PLACEHOLDER, "sign_key": PLACEHOLDER},
-            }
+            },
         ],
         "crm": [
+            dict(SANDBOX_CRM),
             {
                 "key": "planfix",
                 "provider": "planfix",
@@ -88,11 +118,72 @@ def demo_document() -> dict[str, Any]:
     }
 
 
+def _has_placeholders(connection: Any) -> bool:
+    return any(PLACEHOLDER in str(value) for value in (connection.secrets or {}).values())
+
+
+def _create(model: Any, tenant: Tenant, spec: dict[str, Any], active: bool) -> Any:
+    connection = model(
+        tenant=tenant,
+        key=spec["key"],
+        provider=spec["provider"],
+        active=active,
+        settings=dict(spec["settings"]),
+        secrets=dict(spec["secrets"]),
+        **({"priority": spec["priority"]} if "priority" in spec else {}),
+    )
+    connection.full_clean()  # issues the generated tokens
+    connection.save()
+    return connection
+
+
+def upgrade_demo(tenant: Tenant) -> list[str]:
+    """A demo tenant from before the sandbox: add the sandbox PBX and CRM. The sandbox PBX becomes the active one
+    only when the active PBX still has the placeholder credentials (it could not work anyway); a PBX an admin
+    configured stays active, and the sandbox ones are added switched off. No credential is changed."""
+    notes = []
+    if not tenant.pbxconnections.filter(provider="sandbox_pbx").exists():
+        current = tenant.active_pbx()
+        takes_over = current is None or _has_placeholders(current)
+        if current is not None and takes_over:
+            PbxConnection.objects.filter(pk=current.pk).update(active=False)
+            notes.append(f"PBX {current.key!r} still had placeholder credentials: switched off")
+        key = (
+            SANDBOX_PBX["key"]
+            if not tenant.pbxconnections.filter(key=SANDBOX_PBX["key"]).exists()
+            else "sandbox-pbx"
+        )
+        _create(PbxConnection, tenant, {**SANDBOX_PBX, "key": key}, active=takes_over)
+        notes.append(
+            f"sandbox PBX added ({'active' if takes_over else 'inactive: the configured PBX stays active'})"
+        )
+    if not tenant.crmconnections.filter(provider="sandbox_crm").exists():
+        active = tenant.pbxconnections.filter(provider="sandbox_pbx", active=True).exists()
+        key = (
+            SANDBOX_CRM["key"]
+            if not tenant.crmconnections.filter(key=SANDBOX_CRM["key"]).exists()
+            else "sandbox-crm"
+        )
+        _create(CrmConnection, tenant, {**SANDBOX_CRM, "key": key}, active=active)
+        notes.append(f"sandbox CRM added ({'active' if active else 'inactive'})")
+    return notes
+
+
+def seed_contacts(tenant: Tenant) -> None:
+    for crm in tenant.crmconnections.filter(provider="sandbox_crm"):
+        if not SandboxContact.objects.filter(crm_connection=crm).exists():
+            SandboxContact.objects.bulk_create(
+                SandboxContact(crm_connection=crm, phone=phone, name=name, extension=extension)
+                for phone, name, extension in DEMO_CONTACTS
+            )
+
+
 class Command(BaseCommand):
     help = (
-        "Create the demo tenant (one PBX, three inactive CRMs, extensions, external phones) and a superuser "
-        f"'{ADMIN_USERNAME}' (password from {PASSWORD_ENV} or random, printed once). Safe to run again: "
-        "whatever exists is left as it is."
+        "Create the demo tenant (the sandbox PBX and CRM, active; a Rostelecom PBX and three CRMs, inactive; "
+        f"extensions, external phones) and a superuser '{ADMIN_USERNAME}' (password from {PASSWORD_ENV} or "
+        "random, printed once). Safe to run again: an existing demo tenant only gets the sandbox connections it "
+        "lacks; no credential is changed."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -103,13 +194,24 @@ class Command(BaseCommand):
                 self.stdout.write(self.style.SUCCESS(f"Demo tenant {DEMO_SLUG!r} created."))
             else:
                 # An admin may have entered real credentials since: never overwrite them with placeholders.
-                self.stdout.write(f"Demo tenant {DEMO_SLUG!r} exists; left as it is.")
+                notes = upgrade_demo(tenant)
+                self.stdout.write(
+                    f"Demo tenant {DEMO_SLUG!r} exists; "
+                    + ("; ".join(notes) + "." if notes else "left as it is.")
+                )
+            seed_contacts(tenant)
             user, password = self._admin_user()
             TenantMembership.objects.get_or_create(
                 tenant=tenant, user=user, defaults={"role": TenantMembership.ADMIN}
             )
 
         self.stdout.write(f"Admin: {settings.PUBLIC_BASE_URL}/admin/")
+        if sandbox_enabled():
+            self.stdout.write(
+                "Try a call: make simulate SCENARIO=answered (then open the sandbox CRM's inbox)"
+            )
+        else:
+            self.stdout.write("SANDBOX_ENABLED is off: the demo's sandbox PBX and CRM refuse to work here.")
         if password is None:
             self.stdout.write(f"User {ADMIN_USERNAME!r} exists; its password was not changed.")
         elif os.environ.get(PASSWORD_ENV):

@@ -15,8 +15,8 @@ extensions that rang and answered. A call is final for CRMs at its summary plus 
 (`events/recording` Completed, `record/added`, or nothing within `recording_grace_seconds`).
 
 The package, by concern: wire.py (signature, codes, value parsing), webhooks.py (what Mango sends us),
-api.py (what we send Mango), reconcile.py (statistics); this module holds the adapter's configuration, time
-stamps and its answers to the pipeline.
+api.py (what we send Mango), reconcile.py (statistics), simulate.py (simulated calls for `simulate_call`);
+this module holds the adapter's configuration, time stamps and its answers to the pipeline.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from integrations.phones import to_e164_or_none
 from integrations.providers.base import Field, JobKind, JobSpec, PbxProvider, SchemaError
 from integrations.providers.mango.api import MangoApi
 from integrations.providers.mango.reconcile import MangoReconciliation
+from integrations.providers.mango.simulate import MangoSimulation
 from integrations.providers.mango.webhooks import MangoWebhooks
 from integrations.providers.mango.wire import (
     MOSCOW_SHIFT,
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("callbridge.mango")
 
 
-class MangoProvider(MangoWebhooks, MangoApi, MangoReconciliation, PbxProvider):
+class MangoProvider(MangoWebhooks, MangoApi, MangoReconciliation, MangoSimulation, PbxProvider):
     key = "mango"
     settings_fields = (
         Field("api_url", "url", default="https://app.mango-office.ru/vpbx/"),

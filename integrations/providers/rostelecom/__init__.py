@@ -8,8 +8,8 @@ outcome, `call_back` for click-to-call, `get_record` for a temporary recording l
 directory. Decisions on the digest's open questions are in docs/providers/rostelecom.md.
 
 The package, by concern: wire.py (signature, JSON bytes, parties, time stamps), webhooks.py (what the PBX
-sends us), api.py (what we send it), call_info.py (the call's outcome after `end`); this module holds the
-adapter's configuration and its answers to the pipeline.
+sends us), api.py (what we send it), call_info.py (the call's outcome after `end`), simulate.py (simulated
+calls for `simulate_call`); this module holds the adapter's configuration and its answers to the pipeline.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from integrations.providers.base import Field, JobKind, JobSpec, PbxProvider, SchemaError
 from integrations.providers.rostelecom.api import RostelecomApi
 from integrations.providers.rostelecom.call_info import CALL_INFO, RostelecomCallInfo
+from integrations.providers.rostelecom.simulate import RostelecomSimulation
 from integrations.providers.rostelecom.webhooks import RostelecomWebhooks
 from integrations.providers.rostelecom.wire import signature
 
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("callbridge.rostelecom")
 
 
-class RostelecomProvider(RostelecomWebhooks, RostelecomApi, RostelecomCallInfo, PbxProvider):
+class RostelecomProvider(
+    RostelecomWebhooks, RostelecomApi, RostelecomCallInfo, RostelecomSimulation, PbxProvider
+):
     key = "rostelecom"
     settings_fields = (
         Field("api_url", "url", default="https://api.cloudpbx.rt.ru"),

@@ -11,10 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 from rest_framework.parsers import JSONParser
-from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 
-from integrations.providers.base import WebhookAuthError, WebhookInputError, inbound_action, secrets_equal
+from integrations.providers.base import (
+    CompactJSONRenderer,
+    WebhookAuthError,
+    WebhookInputError,
+    inbound_action,
+    secrets_equal,
+)
 from integrations.providers.rostelecom.wire import (
     RANK_UNKNOWN,
     RANKS,
@@ -43,19 +48,6 @@ DIRECTIONS = {"incoming": "in", "outbound": "out", "internal": "internal"}
 KINDS = {"new": "ringing", "connected": "answered", "disconnected": "leg_ended", "end": "completed"}
 
 
-class RostelecomJSONRenderer(BaseRenderer):
-    """Renders exactly what `dump_json` signs, so our answers can carry a valid X-Client-Sign."""
-
-    media_type = "application/json"
-    format = "json"
-    charset = None
-
-    def render(
-        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
-    ) -> bytes:
-        return b"" if data is None else dump_json(data)
-
-
 class RostelecomWebhooks:
     """Inbound half of RostelecomProvider: authentication, the two methods, event parsing."""
 
@@ -82,7 +74,7 @@ class RostelecomWebhooks:
         return [JSONParser]  # the body is read raw (request.body); this only keeps DRF from refusing it
 
     def renderer_classes(self, action: str) -> list[type]:
-        return [RostelecomJSONRenderer]
+        return [CompactJSONRenderer]  # exactly what dump_json signs
 
     def handle(self, request: Request, action: str) -> Response:
         handlers = {"call_events": self.handle_call_events, "get_number_info": self.handle_get_number_info}

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from integrations.phones import is_extension, to_e164_or_none
+from integrations.providers.base import compact_json
 
 if TYPE_CHECKING:
     pass
@@ -30,7 +30,7 @@ def signature(client_id: str, body: bytes, sign_key: str) -> str:
 
 def dump_json(data: Any) -> bytes:
     """The bytes we send and sign: ASCII-only JSON, so the signed string is the same under any encoding."""
-    return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return compact_json(data)
 
 
 @dataclass(frozen=True)
