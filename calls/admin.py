@@ -12,6 +12,7 @@ import json
 import zoneinfo
 from collections.abc import Iterator
 from typing import Any, ClassVar
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin import RelatedOnlyFieldListFilter
@@ -21,7 +22,7 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest, QueryDict
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from calls import outbox, recordings, services
@@ -31,6 +32,7 @@ from calls.models import (
     JobAttempt,
     OriginateRequest,
     OutboundJob,
+    PlaybackLog,
     Recording,
     RoutingDecision,
 )
@@ -43,6 +45,9 @@ from integrations.admin_scoping import (
 )
 from integrations.models import Tenant
 from integrations.phones import is_extension
+
+PHONE_PUNCTUATION = set("+-() .")
+PLAYBACKS_SHOWN = 50  # on the call page; the full list is the playback log's own page
 
 
 def scope_tenants(request: HttpRequest) -> QuerySet[Tenant]:
@@ -222,7 +227,7 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     search_fields = ("provider_call_id",)
     search_help_text = "A phone number in any form, an extension or the PBX's call id."
     list_select_related = ("tenant", "pbx_connection", "recording")
-    actions = ["resend_to_crm", "fetch_recording_again"]
+    actions = ["resend_to_crm", "fetch_recording_again", "revoke_recording_link"]
     fieldsets = (
         (
             None,
@@ -273,8 +278,9 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             "Recording",
             {"fields": ("recording_expected", "recording_state", "recording_link", "recording_player")},
         ),
+        ("Recording playbacks (audit)", {"fields": ("playback_log",)}),
     )
-    readonly_fields = ("extension", "recording_state", "recording_link", "recording_player")
+    readonly_fields = ("extension", "recording_state", "recording_link", "recording_player", "playback_log")
     inlines = [CallEventInline, RoutingDecisionInline, OutboundJobInline]
 
     def get_search_results(
@@ -325,6 +331,40 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             recording.content_type or "audio/mpeg",
         )
 
+    @admin.display(description="Who played the recording")
+    def playback_log(self, obj: Call) -> SafeString | str:
+        recording = getattr(obj, "recording", None) if obj.pk else None
+        if recording is None:
+            return "—"
+        rows = list(recording.playbacks.order_by("-at")[:PLAYBACKS_SHOWN])
+        if not rows:
+            return "Never played."
+        body = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    f"{p.at:%Y-%m-%d %H:%M:%S}",
+                    p.address or "—",
+                    p.status,
+                    "yes" if p.client_id_used else "",
+                    p.user_agent,
+                )
+                for p in rows
+            ),
+        )
+        more = format_html(
+            '<p><a href="{}?{}">All playbacks of this call</a></p>',
+            reverse("admin:calls_playbacklog_changelist"),
+            urlencode({"q": obj.provider_call_id}),
+        )
+        return format_html(
+            "<table><tr><th>At</th><th>Address</th><th>Status</th><th>clientId</th><th>User agent</th></tr>"
+            "{}</table>{}",
+            body,
+            more,
+        )
+
     @admin.action(description="Fetch the recording again", permissions=["operate"])
     def fetch_recording_again(self, request: HttpRequest, queryset: QuerySet) -> None:
         queued = 0
@@ -333,6 +373,18 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                 queued += 1
         self.message_user(
             request, f"{queued} recording fetch(es) queued; stored or purged recordings are left alone."
+        )
+
+    @admin.action(description="Revoke the recording link and send a new one", permissions=["operate"])
+    def revoke_recording_link(self, request: HttpRequest, queryset: QuerySet) -> None:
+        # A leaked link (forwarded, logged) stops working at once; CRMs that can replace it get the new one.
+        revoked = queued = 0
+        for call in self.operable_queryset(request, queryset).filter(recording__isnull=False):
+            queued += services.revoke_recording_link(call.recording)
+            revoked += 1
+        self.message_user(
+            request,
+            f"{revoked} recording link(s) revoked; {queued} message(s) with the new link queued to CRMs.",
         )
 
     @admin.action(description="Resend to CRM", permissions=["operate"])
@@ -352,11 +404,29 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def hides_private_answers(request: HttpRequest, job: OutboundJob | None) -> bool:
+    """What a private host answered is shown to superusers only (docs/security.md): tenant staff could
+    otherwise point a connection at an intranet service and read it through the delivery log."""
+    return job is not None and not is_superuser(request) and job.connection.reaches_private_network()
+
+
+HIDDEN_ANSWER = "(hidden: the target is on a private network; the operator sees it)"
+
+
 class JobAttemptInline(ReadOnlyTenantInline):
     model = JobAttempt
     fields = ("started_at", "outcome", "status_code", "duration_ms", "batch_size", "error", "response")
-    readonly_fields = fields
+    readonly_fields = (*fields, "response_hidden")
     verbose_name_plural = "Attempts"
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if hides_private_answers(request, obj):
+            return tuple("response_hidden" if f == "response" else f for f in self.fields)
+        return self.fields
+
+    @admin.display(description="Response")
+    def response_hidden(self, obj: JobAttempt) -> str:
+        return HIDDEN_ANSWER if obj.response else ""
 
 
 @admin.register(OutboundJob)
@@ -404,8 +474,17 @@ class OutboundJobAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         "created_at",
         "payload",
     )
-    readonly_fields = ("call_link",)
+    readonly_fields = ("call_link", "last_response_hidden")
     inlines = [JobAttemptInline]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if hides_private_answers(request, obj):
+            return tuple("last_response_hidden" if f == "last_response" else f for f in self.fields)
+        return self.fields
+
+    @admin.display(description="Last response")
+    def last_response_hidden(self, obj: OutboundJob) -> str:
+        return HIDDEN_ANSWER if obj.last_response else ""
 
     @admin.display(description="Call")
     def call_link(self, obj: OutboundJob) -> SafeString | str:
@@ -460,10 +539,45 @@ class OriginateRequestAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         "extension",
         "phone",
         "status",
+        "reason",
         "crm_connection",
         "correlation_id",
         "tenant",
     )
-    list_filter = (("tenant", RelatedOnlyFieldListFilter), "status")
+    list_filter = (("tenant", RelatedOnlyFieldListFilter), "status", "refusal")
     search_fields = ("phone", "extension", "correlation_id")
     list_select_related = ("tenant", "crm_connection")
+
+    @admin.display(description="Reason")
+    def reason(self, obj: OriginateRequest) -> str:
+        # Refusals by the click-to-call guard and PBX failures: what the CRM was answered.
+        return obj.error[:200] if obj.status in (OriginateRequest.REFUSED, OriginateRequest.FAILED) else ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Playback audit: every request for a recording link
+# ---------------------------------------------------------------------------------------------------------
+
+
+@admin.register(PlaybackLog)
+class PlaybackLogAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    """Who fetched which recording, when, from where: read-only, scoped to the call's tenant."""
+
+    tenant_path = "recording__call__tenant"
+    writable = False
+    list_display = ("at", "call_link", "address", "status", "client_id_used", "user_agent", "tenant")
+    list_filter = (("recording__call__tenant", RelatedOnlyFieldListFilter), "status", "client_id_used")
+    search_fields = ("address", "recording__call__provider_call_id")
+    list_select_related = ("recording__call__tenant",)
+    date_hierarchy = "at"
+    fields = ("at", "call_link", "address", "status", "client_id_used", "user_agent")
+    readonly_fields = fields
+
+    @admin.display(description="Tenant")
+    def tenant(self, obj: PlaybackLog) -> Any:
+        return obj.recording.call.tenant
+
+    @admin.display(description="Call")
+    def call_link(self, obj: PlaybackLog) -> SafeString:
+        url = reverse("admin:calls_call_change", args=[obj.recording.call_id])
+        return format_html('<a href="{}">{}</a>', url, obj.recording.call)

@@ -37,6 +37,17 @@ RESULTS: tuple[str, ...] = (
 )
 
 
+# The columns these fields are stored in (Call, CallEvent). PostgreSQL refuses a longer value with an error that
+# would surface as a 500 after the webhook authenticated; SQLite silently stores it. tests/security checks that
+# these numbers match the models.
+MAX_LENGTHS: dict[str, int] = {
+    "provider_call_id": 200,
+    "leg_id": 200,
+    "client_phone_raw": 200,
+    "order_key": 100,
+}
+
+
 @dataclass(frozen=True)
 class NormalisedEvent:
     """One PBX event, normalised.
@@ -85,6 +96,13 @@ class NormalisedEvent:
         object.__setattr__(self, "timestamp", self.timestamp.astimezone(dt.UTC))
         if self.outcome and self.outcome not in RESULTS:
             object.__setattr__(self, "outcome", "unknown")
+
+    def oversized(self) -> str | None:
+        """Which field is longer than its column, as a message for the PBX (no value), or None."""
+        for name, limit in MAX_LENGTHS.items():
+            if len(getattr(self, name)) > limit:
+                return f"{name} longer than {limit} characters"
+        return None
 
     def as_record(self) -> dict[str, Any]:
         """The normalised fields (without raw) as JSON-safe data, stored on the CallEvent."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets as pysecrets
 
+from django.core import signing
 from django.db import models
 from django.utils import timezone
 
@@ -12,8 +14,17 @@ from integrations.models import CrmConnection, PbxConnection, Tenant
 
 
 def new_recording_token() -> str:
-    """The unguessable part of a permanent recording link: 32 random bytes (256 bits)."""
+    """Kept for the migrations that created the old random-token column; links are derived now."""
     return pysecrets.token_urlsafe(32)
+
+
+# Namespaces the links' HMAC: a value signed for anything else (a session, a password reset) is no link.
+RECORDING_LINK_SALT = "callbridge.recording-link"
+
+
+def legacy_token_hash(token: str) -> str:
+    """Links issued before tokens were derived stay valid: only this hash of them is kept."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Call(models.Model):
@@ -136,8 +147,20 @@ class RoutingDecision(models.Model):
 
 
 class OriginateRequest(models.Model):
-    PENDING, OK, FAILED = "pending", "ok", "failed"
-    STATUSES = [(PENDING, "pending"), (OK, "accepted by the PBX"), (FAILED, "failed")]
+    PENDING, OK, FAILED, REFUSED = "pending", "ok", "failed", "refused"
+    STATUSES = [
+        (PENDING, "pending"),
+        (OK, "accepted by the PBX"),
+        (FAILED, "failed"),
+        (REFUSED, "refused by the click-to-call guard"),
+    ]
+    # Why the guard refused (never sent to the PBX); the detail is in `error`.
+    THROTTLED, REGION, NUMBER_TYPE = "throttled", "region", "number_type"
+    REFUSALS = [
+        (THROTTLED, "over CLICK_TO_CALL_THROTTLE"),
+        (REGION, "destination outside the tenant's click-to-call regions"),
+        (NUMBER_TYPE, "premium-rate or shared-cost number"),
+    ]
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="originate_requests")
     pbx_connection = models.ForeignKey(PbxConnection, null=True, blank=True, on_delete=models.SET_NULL)
@@ -149,12 +172,15 @@ class OriginateRequest(models.Model):
     context = models.JSONField(default=dict, blank=True)
     correlation_id = models.CharField(max_length=200, blank=True, db_index=True)
     status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
+    refusal = models.CharField(max_length=20, choices=REFUSALS, blank=True)
     error = models.TextField(blank=True)
     call = models.ForeignKey(Call, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
         ordering = ["-created_at"]
+        # The click-to-call throttle counts a connection's recent requests on every make-call.
+        indexes = [models.Index(fields=["crm_connection", "created_at"], name="originate_throttle_idx")]
 
     def __str__(self) -> str:
         return f"{self.extension} → {self.phone} ({self.status})"
@@ -171,7 +197,12 @@ class Recording(models.Model):
     STATES = [(s, s) for s in (EXPECTED, FETCHING, STORED, UNAVAILABLE, PURGED)]
 
     call = models.OneToOneField(Call, on_delete=models.CASCADE, related_name="recording")
-    token = models.CharField(max_length=64, unique=True, default=new_recording_token, editable=False)
+    # The link's token is derived, never stored: HMAC (SECRET_KEY, salted) over the id and this version.
+    # Revoking a link bumps the version, so the old token stops matching (docs/recordings.md).
+    link_version = models.PositiveIntegerField(default=1, editable=False)
+    legacy_token_hash = models.CharField(
+        max_length=64, blank=True, db_index=True, editable=False, help_text="SHA-256 of a pre-HMAC link"
+    )
     state = models.CharField(max_length=12, choices=STATES, default=EXPECTED)
     hints = models.JSONField(
         default=dict, blank=True, help_text="PBX hints for fetching (ids), no credentials"
@@ -187,6 +218,28 @@ class Recording(models.Model):
 
     def __str__(self) -> str:
         return f"recording of {self.call_id} ({self.state})"
+
+    @property
+    def token(self) -> str:
+        """`<id>.<version>:<HMAC-SHA256>`: built at send time, checked in constant time by by_token()."""
+        return signing.Signer(salt=RECORDING_LINK_SALT).sign(f"{self.pk}.{self.link_version}")
+
+    @classmethod
+    def by_token(cls, token: str) -> Recording | None:
+        """The recording a link names, if the link is genuine and not revoked. SECRET_KEY_FALLBACKS keep the
+        links signed with an older key valid while it is listed there."""
+        try:
+            value = signing.Signer(salt=RECORDING_LINK_SALT).unsign(token)
+        except signing.BadSignature:
+            if not token or len(token) > 100:
+                return None
+            return (
+                cls.objects.select_related("call").filter(legacy_token_hash=legacy_token_hash(token)).first()
+            )
+        pk, _, version = value.partition(".")
+        if not (pk.isdigit() and version.isdigit()):
+            return None
+        return cls.objects.select_related("call").filter(pk=int(pk), link_version=int(version)).first()
 
     @property
     def public_url(self) -> str:

@@ -290,14 +290,15 @@ def run_claim(owner: str, job_ids: Sequence[int]) -> None:
     started_at = timezone.now()
     connection = jobs[0].connection
     try:
-        if jobs[0].kind in PIPELINE_KINDS:
-            handler = import_string(PIPELINE_KINDS[jobs[0].kind][1])
-            results: dict[int, str | Exception] = {job.pk: handler(job) for job in jobs}
-        elif len(jobs) == 1:
-            adapter = get_provider(connection)
-            results = {jobs[0].pk: adapter.perform(jobs[0])}
-        else:
-            results = get_provider(connection).perform_batch(jobs)
+        with connection.outbound_scope():  # the connection's own allowed_networks
+            if jobs[0].kind in PIPELINE_KINDS:
+                handler = import_string(PIPELINE_KINDS[jobs[0].kind][1])
+                results: dict[int, str | Exception] = {job.pk: handler(job) for job in jobs}
+            elif len(jobs) == 1:
+                adapter = get_provider(connection)
+                results = {jobs[0].pk: adapter.perform(jobs[0])}
+            else:
+                results = get_provider(connection).perform_batch(jobs)
     except Exception as exc:  # the whole claim failed (timeout, 5xx, refused)
         results = {job.pk: exc for job in jobs}
     duration_ms = int((time.monotonic() - started) * 1000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import mimetypes
+import secrets as pysecrets
 import tempfile
 import time
 from typing import IO, Any
@@ -95,7 +96,8 @@ def fetch(recording: Recording, timeout: Any = None, deadline_seconds: float | N
         state=Recording.FETCHING
     )
     try:
-        stored_name, content_type, size = _download(recording, timeout, deadline_seconds)
+        with recording.call.pbx_connection.outbound_scope():  # the PBX connection's own allowed_networks
+            stored_name, content_type, size = _download(recording, timeout, deadline_seconds)
     except Exception:
         # Back to "expected" while the outbox retries; the give-up handler marks it unavailable with why.
         Recording.objects.filter(pk=recording.pk, state=Recording.FETCHING).update(state=Recording.EXPECTED)
@@ -163,7 +165,8 @@ def _download(recording: Recording, timeout: Any, deadline_seconds: float | None
         content_type = normalise_content_type(content_type, link)
         suffix = EXTENSIONS.get(content_type, "mp3")
         started = call.started_at or timezone.now()
-        name = f"{call.tenant.slug}/{started:%Y/%m/%d}/{recording.token}.{suffix}"
+        # Not the link's token: a storage listing must not hand out working links.
+        name = f"{call.tenant.slug}/{started:%Y/%m/%d}/{recording.pk}-{pysecrets.token_hex(8)}.{suffix}"
         spool.seek(0)
         return storage().save(name, File(spool, name=name)), content_type, size
 

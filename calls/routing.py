@@ -86,7 +86,8 @@ class _Asked:
 
 
 def _ask(adapter: Any, query: RoutingQuery, timeout: float) -> RoutingAnswer | None:
-    return adapter.lookup(query, timeout)
+    with adapter.connection.outbound_scope():  # the CRM connection's own allowed_networks
+        return adapter.lookup(query, timeout)
 
 
 def resolve(

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from calls import outbox
+from calls import click_to_call, outbox
 from calls.events import NormalisedEvent, strip_credentials
 from calls.models import Call, CallEvent, OriginateRequest, Recording, RoutingDecision
 from integrations.models import CrmConnection, Extension, PbxConnection, Tenant
 from integrations.phones import InvalidPhone, to_e164
-from integrations.providers.base import JobSpec, Notice, ProviderError, get_provider
+from integrations.providers.base import JobSpec, Notice, ProviderError, WebhookInputError, get_provider
 from portal import logs
 
 logger = logging.getLogger("callbridge.ingest")
@@ -40,7 +41,12 @@ RECORDING_ORDER_KEY = "~~recording"
 
 def ingest(pbx_connection: PbxConnection, events: Sequence[NormalisedEvent]) -> list[Call]:
     """Store the events of one webhook and everything they cause, in one transaction. Repeating the same
-    webhook stores nothing new and creates no job."""
+    webhook stores nothing new and creates no job. An event with a field longer than its column is bad input
+    (WebhookInputError: the PBX gets its own 4xx), refused before anything is stored."""
+    for event in events:
+        problem = event.oversized()
+        if problem:
+            raise WebhookInputError(problem)
     by_call: dict[str, list[NormalisedEvent]] = {}
     for event in events:
         by_call.setdefault(event.provider_call_id, []).append(event)
@@ -417,6 +423,30 @@ def recording_stored(recording: Recording) -> int:
     return created
 
 
+def revoke_recording_link(recording: Recording) -> int:
+    """Revoke a recording's link (the old one answers 404 from now on) and let every CRM whose protocol can
+    replace a link receive the new one; returns the jobs queued."""
+    with transaction.atomic():
+        Recording.objects.filter(pk=recording.pk).update(
+            link_version=F("link_version") + 1, legacy_token_hash=""
+        )
+        recording.refresh_from_db()
+        call = recording.call
+        if recording.state != Recording.STORED or not call.is_external:
+            return 0  # the link was never sent; the CRM gets the current one when the file is stored
+        created = 0
+        for crm in CrmConnection.objects.filter(tenant_id=call.tenant_id, active=True):
+            notice = Notice("recording_link_changed", f"{RECORDING_ORDER_KEY}~{recording.link_version}")
+            created += outbox.create_jobs(crm, get_provider(crm).jobs_for(call, [notice]), call)
+    logger.info(
+        "recording %s: link revoked (version %s), %s message(s) queued",
+        recording.pk,
+        recording.link_version,
+        created,
+    )
+    return created
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Click-to-call
 # ---------------------------------------------------------------------------------------------------------
@@ -427,7 +457,9 @@ class OriginateOutcome:
     ok: bool
     correlation_id: str = ""
     error: str = ""
-    code: str = ""  # no_pbx | unknown_extension | bad_number | pbx_refused | pbx_unreachable
+    # no_pbx | unknown_extension | bad_number | pbx_refused | pbx_unreachable, or the guard's refusal:
+    # throttled | region | number_type (OriginateRequest.REFUSALS)
+    code: str = ""
     request: OriginateRequest | None = None
 
 
@@ -458,18 +490,23 @@ def originate(
             did = to_e164(external_phone, tenant.region)
         except InvalidPhone:
             return OriginateOutcome(False, error=f"Not a phone number: {external_phone!r}", code="bad_number")
-    request = OriginateRequest.objects.create(
-        tenant=tenant,
-        pbx_connection=pbx,
-        crm_connection=crm_connection,
-        extension=extension,
-        phone=number,
-        external_phone=did,
-        crm_user_id=crm_user_id,
-        context=context or {},
+    request = click_to_call.admit(
+        tenant,
+        crm_connection,
+        {
+            "pbx_connection": pbx,
+            "extension": extension,
+            "phone": number,
+            "external_phone": did,
+            "crm_user_id": crm_user_id,
+            "context": context or {},
+        },
     )
+    if request.status == OriginateRequest.REFUSED:  # the PBX never hears of it
+        return OriginateOutcome(False, error=request.error, code=request.refusal, request=request)
     try:
-        result = get_provider(pbx).originate(request)
+        with pbx.outbound_scope():
+            result = get_provider(pbx).originate(request)
     except ProviderError as exc:
         refused = exc.permanent or (
             exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429)

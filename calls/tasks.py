@@ -54,9 +54,12 @@ def publish_claim(owner: str, job_ids: Sequence[int]) -> None:
 @shared_task(name="calls.tasks.purge_expired_recordings", ignore_result=True)
 @singleton("purge_expired_recordings", ttl=3600)
 def purge_expired_recordings() -> int:
+    """The daily retention run: recording files past retention_days, then whole calls past
+    call_retention_days."""
     from calls.recordings import purge_expired
+    from calls.retention import purge_old_calls
 
-    return purge_expired()
+    return purge_expired() + purge_old_calls()
 
 
 @shared_task(name="calls.tasks.run_periodic", ignore_result=True)

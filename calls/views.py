@@ -13,8 +13,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Iterable
-from typing import IO, Any
+from typing import IO
 
 from django.conf import settings
 from django.core.cache import cache
@@ -26,44 +25,14 @@ from calls.models import PlaybackLog, Recording
 from calls.recordings import storage, try_fetch_now
 from integrations.models import CrmConnection
 from integrations.providers.base import UnknownProvider, get_provider
+from integrations.throttles import client_address
 
 logger = logging.getLogger("callbridge.records")
 
 CHUNK = 64 * 1024
 RETRY_AFTER_SECONDS = 60
 _PERIODS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
-
-
-def client_address(request: HttpRequest) -> str:
-    """The address the throttle counts and the audit log shows. Behind a reverse proxy REMOTE_ADDR is the
-    proxy's, which would put every CRM in one throttle bucket; so when REMOTE_ADDR lies in the optional
-    TRUSTED_PROXY_NETWORKS, X-Forwarded-For is read from the right, skipping trusted hops (the left part is
-    whatever the client chose to send)."""
-    remote = request.META.get("REMOTE_ADDR", "") or ""
-    trusted = getattr(settings, "TRUSTED_PROXY_NETWORKS", None) or ()
-    if not trusted or not _in_networks(remote, trusted):
-        return remote
-    address = remote
-    for hop in reversed(request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")):
-        hop = hop.strip()
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
-            break  # a forged or broken entry: keep the last hop a trusted proxy vouched for
-        address = hop
-        if not _in_networks(hop, trusted):
-            break
-    return address
-
-
-def _in_networks(address: str, networks: Iterable[Any]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(
-        ip.version == ipaddress.ip_network(n).version and ip in ipaddress.ip_network(n) for n in networks
-    )
+MAX_RANGE_DIGITS = 18  # 10^18 bytes is an exabyte: any longer number is no offset into a recording
 
 
 def _valid_ip(address: str) -> str | None:
@@ -137,6 +106,9 @@ def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     first, last = match.groups()
     if not first and not last:
         return None
+    if len(first) > MAX_RANGE_DIGITS or len(last) > MAX_RANGE_DIGITS:
+        # No file is that large; int() of thousands of digits raises ValueError (CPython's digit limit).
+        return "unsatisfiable"
     if not first:  # suffix: the last N bytes
         length = int(last)
         if length == 0 or size == 0:
@@ -180,7 +152,7 @@ class FileRange:
 def record(request: HttpRequest, token: str) -> HttpResponse:
     if throttled(client_address(request)):
         return _plain(429, "Too many requests", retry_after=60)
-    recording = Recording.objects.select_related("call").filter(token=token).first()
+    recording = Recording.by_token(token)
     if recording is None:
         return _plain(404, "Not found")
     client_id = request.GET.get("clientId")
@@ -207,9 +179,11 @@ def _reload(recording: Recording) -> bool:
 
 
 def _etag(recording: Recording, size: int) -> str:
-    # Derived from, but not revealing, the token: the ETag may end up in caches and logs the link never saw.
+    # Not revealing the token: the ETag may end up in caches and logs the link never saw.
     stamp = recording.stored_at.isoformat() if recording.stored_at else ""
-    digest = hashlib.sha256(f"{recording.token}:{size}:{stamp}".encode()).hexdigest()[:32]
+    digest = hashlib.sha256(f"{recording.pk}:{recording.link_version}:{size}:{stamp}".encode()).hexdigest()[
+        :32
+    ]
     return f'"{digest}"'
 
 

@@ -35,6 +35,7 @@ from integrations.admin_scoping import (
     is_superuser,
 )
 from integrations.crm_sync import request_crm_sync
+from integrations.invitations import EmailMembershipForm, announce
 from integrations.models import (
     Connection,
     CrmConnection,
@@ -195,6 +196,19 @@ class MembershipInline(TenantScopedInlineMixin, admin.TabularInline):
     extra = 0
     verbose_name_plural = "Members (admins configure this tenant, support reads its call history)"
 
+    def get_formset(self, request: HttpRequest, obj: Model | None = None, **kwargs: Any) -> Any:
+        # Superusers find anyone (username or e-mail) or create a login with a password; tenant admins add by
+        # exact e-mail only, and learn nothing about logins outside their tenants (integrations.invitations).
+        if not is_superuser(request):
+            kwargs["form"] = EmailMembershipForm
+            kwargs["fields"] = ["role", "email"]
+        return super().get_formset(request, obj, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        if not is_superuser(request):
+            return ("user_display", "role", "email")
+        return super().get_fields(request, obj)
+
     @admin.display(description="User")
     def user_display(self, obj: TenantMembership) -> str:
         return member_label(obj)
@@ -203,8 +217,10 @@ class MembershipInline(TenantScopedInlineMixin, admin.TabularInline):
 def member_label(membership: TenantMembership) -> str:
     if not membership.pk or not membership.user_id:
         return "—"
+    # The address, not the username: an invited login's username is its address, an older login's is not, so
+    # showing usernames would tell a tenant admin which addresses had a login before (integrations.invitations).
     user = membership.user
-    return f"{user.get_username()} <{user.email}>" if user.email else user.get_username()
+    return user.email or user.get_username()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -377,7 +393,29 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         if obj is not None:
             # The provider decides the shape of settings and secrets: a different provider is a new connection.
             fields.append("provider")
+        if not is_superuser(request):
+            # Opening a private network to a connection is the operator's decision (docs/security.md).
+            fields.append("allowed_networks")
+        if obj is not None and not is_superuser(request) and obj.reaches_private_network():
+            fields = [f for f in fields if f != "last_error"] + ["last_error_hidden"]
         return fields
+
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "allowed_networks":
+            return CommaListField(
+                required=False, label="Allowed private networks", help_text=db_field.help_text
+            )
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+    @admin.display(description="Last error")
+    def last_error_hidden(self, obj: Connection) -> str:
+        # What a private host answered is not shown to tenant staff: the portal must not become a way to read
+        # an intranet service.
+        return (
+            "An error occurred (hidden: the target is on a private network; the operator sees it)."
+            if (obj.last_error)
+            else ""
+        )
 
     def slots_for(self, obj: Connection | None) -> list[SecretSlot]:
         return secret_slots(self.model.SIDE, obj.provider if obj is not None else None)
@@ -409,9 +447,15 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                 },
             ),
         ]
+        fieldsets.append(("Network", {"fields": ["allowed_networks"]}))
         if obj is not None:
             fieldsets.append(("Inbound URLs", {"fields": ["inbound_urls_display", "public_id"]}))
-            fieldsets.append(("Last error", {"fields": ["last_error", "last_error_at"]}))
+            error_field = (
+                "last_error_hidden"
+                if "last_error_hidden" in self.get_readonly_fields(request, obj)
+                else "last_error"
+            )
+            fieldsets.append(("Last error", {"fields": [error_field, "last_error_at"]}))
         return fieldsets
 
     def get_form(
@@ -806,13 +850,53 @@ class ExternalPhoneInline(TenantScopedInlineMixin, admin.TabularInline):
         return site_codes_text(obj)
 
 
+class CommaListField(forms.CharField):
+    """A short list typed as "RU, KZ" or "10.20.0.0/16, 192.168.5.10" (a JSON editor would be a trap)."""
+
+    def __init__(self, *args: Any, upper: bool = False, **kwargs: Any) -> None:
+        self.upper = upper
+        super().__init__(*args, **kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        return ", ".join(value) if isinstance(value, list) else value
+
+    def to_python(self, value: Any) -> list[str]:
+        text = super().to_python(value) or ""
+        items = [item.strip() for item in text.replace(";", ",").split(",") if item.strip()]
+        return [item.upper() for item in items] if self.upper else items
+
+
+class TenantForm(forms.ModelForm):
+    click_to_call_regions = CommaListField(
+        upper=True,
+        required=False,
+        label="Click-to-call regions",
+        help_text=Tenant._meta.get_field("click_to_call_regions").help_text + " Comma-separated.",
+    )
+
+    class Meta:
+        model = Tenant
+        fields = ["click_to_call_regions"]
+
+
 @admin.register(Tenant)
 class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     tenant_path = ""
     list_display = ("name", "slug", "region", "time_zone", "active", "connections")
     list_filter = ("active",)
     search_fields = ("name", "slug")
-    fields = ("name", "slug", "region", "time_zone", "retention_days", "active", "add_connection_links")
+    form = TenantForm
+    fields = (
+        "name",
+        "slug",
+        "region",
+        "time_zone",
+        "retention_days",
+        "call_retention_days",
+        "click_to_call_regions",
+        "active",
+        "add_connection_links",
+    )
     readonly_fields = ("add_connection_links",)
     inlines = [
         MembershipInline,
@@ -830,6 +914,21 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     # Creating and deleting whole tenants is the operator's job; tenant admins configure their own.
     def has_add_permission(self, request: HttpRequest) -> bool:
         return is_superuser(request)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        if not is_superuser(request):
+            # The slug names the tenant in files and URLs: a tenant admin renaming theirs could squat another
+            # customer's slug before import_tenant creates it.
+            fields.append("slug")
+        return fields
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        for member_form in formset.forms:
+            invited = getattr(member_form, "invitation", None)
+            if invited:
+                messages.info(request, announce(request, form.instance, *invited))
 
     def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return is_superuser(request)
@@ -856,12 +955,28 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
 @admin.register(TenantMembership)
 class TenantMembershipAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     form = MembershipForm
+
+    def get_form(
+        self, request: HttpRequest, obj: Model | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        if not is_superuser(request):
+            kwargs["form"] = EmailMembershipForm
+        return super().get_form(request, obj, change, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        invited = getattr(form, "invitation", None)
+        if invited:
+            messages.info(request, announce(request, obj.tenant, *invited))
+
     list_display = ("user_display", "email", "tenant", "role")
     list_filter = (("tenant", RelatedOnlyFieldListFilter), "role")
     search_fields = ("user__username", "user__email")
     list_select_related = ("tenant", "user")
 
     def get_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
+        if obj is None and not is_superuser(request):
+            return ["tenant", "role", "email"]
         if obj is None:
             return ["tenant", "role", "user_lookup", "new_username", "new_email", "new_password"]
         return ["tenant", "user_display", "role"]

@@ -41,7 +41,8 @@ def import_extensions(pbx_connection: PbxConnection) -> dict[str, Any]:
     empty does not erase the one typed in the portal. Raises the adapter's ProviderError (or the HTTP client's
     OutboundError) when the PBX cannot be asked; nothing is changed then.
     """
-    entries = get_provider(pbx_connection).list_extensions()
+    with pbx_connection.outbound_scope():
+        entries = get_provider(pbx_connection).list_extensions()
     report: dict[str, Any] = {
         "created": 0,
         "updated": 0,

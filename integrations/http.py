@@ -27,8 +27,8 @@ This module imports no domain code: only Django settings, requests, urllib3 and 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import email.utils
-import hashlib
 import ipaddress
 import logging
 import os
@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import IO, Any
@@ -57,6 +57,7 @@ from urllib3.util.connection import allowed_gai_family
 logger = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Timeout = float | tuple[float, float]
 
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10)
@@ -266,6 +267,34 @@ def _parse_ip(value: str | IPAddress) -> IPAddress:
     return ipaddress.ip_address(str(value).strip("[]").split("%", 1)[0])
 
 
+# The connection being served may reach a few private networks of its own (PbxConnection/CrmConnection
+# `allowed_networks`): one customer's intranet PBX is reachable for that connection alone. Set around the work
+# done for one connection with connection_networks(); a context variable, so threads and requests never mix.
+_connection_networks: contextvars.ContextVar[tuple[Network, ...]] = contextvars.ContextVar(
+    "callbridge_connection_networks", default=()
+)
+
+
+@contextlib.contextmanager
+def connection_networks(networks: Iterable[str | Network]) -> Iterator[None]:
+    """Allow these CIDRs (besides OUTBOUND_ALLOWED_NETWORKS) for the requests made inside the block."""
+    parsed = tuple(n if not isinstance(n, str) else ipaddress.ip_network(n, strict=False) for n in networks)
+    token = _connection_networks.set(parsed)
+    try:
+        yield
+    finally:
+        _connection_networks.reset(token)
+
+
+def current_connection_networks() -> tuple[Network, ...]:
+    """The networks connection_networks() allows here (to carry them into a worker thread)."""
+    return _connection_networks.get()
+
+
+def _allowed_networks() -> tuple[Network, ...]:
+    return (*(getattr(settings, "OUTBOUND_ALLOWED_NETWORKS", ()) or ()), *_connection_networks.get())
+
+
 def refusal_reason(address: str | IPAddress) -> str | None:
     """Why the current settings forbid connecting to ``address``, or None when it is allowed."""
     ip = _parse_ip(address)
@@ -274,13 +303,61 @@ def refusal_reason(address: str | IPAddress) -> str | None:
     reason = _forbidden_reason(ip)
     if reason is None:
         return None
+    if _in_allowed_network(ip):
+        return None
+    return reason
+
+
+def _in_allowed_network(ip: IPAddress) -> bool:
     candidates: list[IPAddress] = [ip]
     if isinstance(ip, ipaddress.IPv6Address) and (wrapped := _embedded_ipv4(ip)) is not None:
         candidates.append(wrapped[1])
-    for network in getattr(settings, "OUTBOUND_ALLOWED_NETWORKS", ()) or ():
-        if any(c.version == network.version and c in network for c in candidates):
-            return None
-    return reason
+    return any(
+        c.version == network.version and c in network for network in _allowed_networks() for c in candidates
+    )
+
+
+def plain_http_allowed(url: str) -> bool:
+    """Whether credentials may travel over plain http to this URL's host: only to a private target the operator
+    allowed (OUTBOUND_ALLOW_PRIVATE_NETWORKS for local fakes, OUTBOUND_ALLOWED_NETWORKS or the connection's
+    allowed_networks). Anything on the internet must be https. The host is resolved; a name that does not
+    resolve, or resolves to any public address, is not allowed."""
+    addresses = _resolved(url)
+    return bool(addresses) and all(
+        _forbidden_reason(address) is not None
+        and (getattr(settings, "OUTBOUND_ALLOW_PRIVATE_NETWORKS", False) or _in_allowed_network(address))
+        for address in addresses
+    )
+
+
+def _resolved(url: str) -> list[IPAddress]:
+    """The addresses of the URL's host (a literal IP, or DNS); [] when it does not resolve."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return []
+    ip = _literal_ip(host)
+    if ip is not None:
+        return [ip]
+    try:
+        return [_parse_ip(info[4][0]) for info in socket.getaddrinfo(host, None, 0, socket.SOCK_STREAM)]
+    except (OSError, UnicodeError, ValueError):
+        return []
+
+
+def is_private_target(url: str) -> bool:
+    """Whether the URL's host is, or resolves only to, non-public addresses (no connection is made); a name
+    that does not resolve is not."""
+    addresses = _resolved(url)
+    return bool(addresses) and all(_forbidden_reason(address) is not None for address in addresses)
+
+
+def credential_url_problem(url: str) -> str | None:
+    """Why a URL that carries credentials (an API base URL, a webhook URL) may not be used, or None."""
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme == "http" and not plain_http_allowed(url):
+        return "must be https:// (plain http only to a private address in an allowed network)"
+    return None
 
 
 def _literal_ip(host: str) -> IPAddress | None:
@@ -422,6 +499,17 @@ class GuardedAdapter(HTTPAdapter):
 
 _ca_lock = threading.Lock()
 _ca_cache: dict[tuple[str, int, int], str] = {}
+_ca_dir: str | None = None
+
+
+def _private_ca_dir() -> str:
+    """A directory only this process's user can enter, with a random name (mkdtemp: mode 0700). A fixed name
+    in the shared temp directory could be created first by another local user, who would then choose which
+    certificate authorities the portal trusts."""
+    global _ca_dir
+    if _ca_dir is None or not os.path.isdir(_ca_dir):
+        _ca_dir = tempfile.mkdtemp(prefix="callbridge-ca-")
+    return _ca_dir
 
 
 def tls_verify_value() -> str | bool:
@@ -437,14 +525,10 @@ def tls_verify_value() -> str | bool:
             return cached
         with open(requests.certs.where(), "rb") as public, open(extra, "rb") as own:
             merged = public.read().rstrip(b"\n") + b"\n" + own.read()
-        path = os.path.join(
-            tempfile.gettempdir(), f"callbridge-ca-{hashlib.sha256(merged).hexdigest()[:16]}.pem"
-        )
-        if not os.path.exists(path):
-            fd, partial = tempfile.mkstemp(prefix="callbridge-ca-", suffix=".tmp")
-            with os.fdopen(fd, "wb") as out:
-                out.write(merged)
-            os.replace(partial, path)
+        # mkstemp: a new file with a random name, mode 0600, in the private directory.
+        fd, path = tempfile.mkstemp(prefix="bundle-", suffix=".pem", dir=_private_ca_dir())
+        with os.fdopen(fd, "wb") as out:
+            out.write(merged)
         _ca_cache[key] = path
         return path
 
@@ -589,6 +673,16 @@ class HttpClient:
         secrets = tuple(s for s in secrets if s)
         method = method.upper()
         _preflight(url, mask_url(url, secrets), method)
+        if secrets and urlsplit(url).scheme.lower() == "http" and not is_private_target(url):
+            # Only a private target may be reached over plain http with credentials; whether the settings allow
+            # that private address is the connect-time guard's decision (it refuses with its own reason).
+            shown = mask_url(url, secrets)
+            raise OutboundError(
+                f"{method} {shown}: credentials only travel over https to a public address",
+                permanent=True,
+                kind="refused",
+                url=shown,
+            )
         all_headers = {
             "User-Agent": self.user_agent,
             "Accept": "*/*",
@@ -630,6 +724,17 @@ class HttpClient:
                 )
             location = urljoin(prepared.url or "", response.headers["Location"])
             response.close()  # the body of a redirect is never read: it could be arbitrarily large
+            refusal = self._redirect_refusal(prepared, status, location)
+            if refusal:
+                raise OutboundError(
+                    f"{prepared.method} {shown}: redirect {status} not followed: {refusal}",
+                    permanent=True,
+                    kind="redirect",
+                    url=shown,
+                    method=prepared.method or method,
+                    status=status,
+                    location=mask_url(location, secrets),
+                )
             prepared = self._redirected(prepared, status, location)
             hops += 1
 
@@ -831,6 +936,25 @@ class HttpClient:
             method=method,
             status=status,
         )
+
+    @staticmethod
+    def _redirect_refusal(prepared: requests.PreparedRequest, status: int, location: str) -> str | None:
+        """Why a redirect must not be followed, or None. A request with a body answered 301/302/303 would be
+        re-sent as a body-less GET: counting that as delivered would lose the message, so it is a failure. A
+        307/308 to another origin would carry the body (and whatever it holds) to a host we never chose. And a
+        step down from https to http would expose what the request carries."""
+        method = (prepared.method or "").upper()
+        if urlsplit(prepared.url or "").scheme == "https" and urlsplit(location).scheme.lower() == "http":
+            return "https to plain http"
+        if method not in ("GET", "HEAD") and status in (301, 302, 303):
+            return f"a {method} would become a GET without its body"
+        if (
+            status in (307, 308)
+            and method not in ("GET", "HEAD")
+            and _origin(location) != _origin(prepared.url or "")
+        ):
+            return "it would carry the request body to another origin"
+        return None
 
     @staticmethod
     def _redirected(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets as pysecrets
 import zoneinfo
+from contextlib import AbstractContextManager
 from typing import Any
 
 from django.conf import settings
@@ -49,6 +51,26 @@ def validate_region(value: str) -> None:
         raise ValidationError(f"Unknown phone region {value!r}.")
 
 
+def validate_regions(value: Any) -> None:
+    import phonenumbers
+
+    if not isinstance(value, list) or not all(isinstance(code, str) for code in value):
+        raise ValidationError('A list of region codes such as ["RU", "KZ"] is expected.')
+    unknown = [code for code in value if code.upper() not in phonenumbers.SUPPORTED_REGIONS]
+    if unknown:
+        raise ValidationError(f"Unknown phone region(s): {', '.join(unknown)}.")
+
+
+def validate_networks(value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValidationError('A list of CIDRs such as ["10.20.0.0/16"] is expected.')
+    for item in value:
+        try:
+            ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise ValidationError(f"Not a network: {item!r}.") from None
+
+
 class TenantQuerySet(models.QuerySet):
     def for_user(self, user: Any, roles: tuple[str, ...] = ("admin", "support")) -> TenantQuerySet:
         if user.is_superuser:
@@ -71,6 +93,20 @@ class Tenant(models.Model):
         blank=True,
         help_text="Delete recordings this many days after the call. Blank: keep forever.",
     )
+    call_retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Delete calls (phone numbers are personal data) with their events, routing decisions, "
+        "click-to-call requests, job attempts, recordings and playback logs this many days after the call. "
+        "Blank: keep everything.",
+    )
+    click_to_call_regions = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_regions],
+        help_text="Click-to-call may dial numbers of these regions only (ISO 3166 codes such as RU, KZ). "
+        "Blank: the tenant's region. Premium-rate and shared-cost numbers are always refused.",
+    )
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -81,6 +117,17 @@ class Tenant(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        # Stored upper-case and without repeats, so the comparison with libphonenumber's regions is exact.
+        self.click_to_call_regions = list(
+            dict.fromkeys(str(code).strip().upper() for code in self.click_to_call_regions or [])
+        )
+
+    @property
+    def allowed_call_regions(self) -> set[str]:
+        """Where click-to-call may dial: the configured regions, else the tenant's own."""
+        return {code.upper() for code in self.click_to_call_regions or []} or {self.region.upper()}
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -108,7 +155,8 @@ class TenantMembership(models.Model):
         constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="unique_membership")]
 
     def __str__(self) -> str:
-        return f"{self.user} @ {self.tenant} ({self.role})"
+        # By e-mail, as tenant admins add members: a username would tell whether the address had a login already.
+        return f"{self.user.email or self.user} @ {self.tenant} ({self.role})"
 
 
 class Connection(models.Model):
@@ -125,6 +173,13 @@ class Connection(models.Model):
     settings = models.JSONField(default=dict, blank=True)
     secrets = EncryptedJSONField(default=dict, blank=True)
     public_id = models.CharField(max_length=64, unique=True, default=new_public_id, editable=False)
+    allowed_networks = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_networks],
+        help_text="Private networks (CIDRs) this connection alone may reach, e.g. an intranet PBX; besides "
+        "the operator's OUTBOUND_ALLOWED_NETWORKS. Only superusers change it.",
+    )
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -159,6 +214,47 @@ class Connection(models.Model):
             self.secrets = self.provider_cls.clean_secrets(secrets)
         except SchemaError as exc:
             raise ValidationError({"secrets": str(exc)}) from None
+        self.allowed_networks = [
+            str(ipaddress.ip_network(item.strip(), strict=False)) for item in self.allowed_networks or []
+        ]
+        self._check_credential_urls()
+
+    def _check_credential_urls(self) -> None:
+        """A URL that carries credentials must be https, unless it points into an allowed private network."""
+        from integrations import http
+
+        with self.outbound_scope():
+            for name, url in self.credential_urls().items():
+                problem = http.credential_url_problem(url)
+                if problem:
+                    field, key = name.split(".", 1)
+                    raise ValidationError({field: f"{key}: {problem}"})
+
+    def outbound_scope(self) -> AbstractContextManager[None]:
+        """Wrap the outbound work done for this connection: its allowed_networks become reachable inside."""
+        from integrations import http
+
+        return http.connection_networks(self.allowed_networks or [])
+
+    def credential_urls(self) -> dict[str, str]:
+        """Every http(s) URL among the settings and secrets: each carries or receives credentials."""
+        values = {**{f"settings.{k}": v for k, v in (self.settings or {}).items()}}
+        values.update({f"secrets.{k}": v for k, v in (self.secrets or {}).items()})
+        return {
+            name: value
+            for name, value in values.items()
+            if isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+        }
+
+    def reaches_private_network(self) -> bool:
+        """Whether this connection talks to a private address (its allowed_networks, or a URL whose host is
+        private): then what those hosts answer is not shown to tenant staff, so the portal cannot be used to
+        read an intranet service through error bodies."""
+        from integrations import http
+
+        if self.allowed_networks:
+            return True
+        return any(http.is_private_target(url) for url in self.credential_urls().values())
 
     def inbound_urls(self) -> dict[str, str]:
         base = f"{public_base_url()}/hooks/{self.provider}/{self.public_id}/"

@@ -56,3 +56,28 @@ def digits_only(e164: str) -> str:
 def is_extension(value: str) -> bool:
     """Extensions are short digit strings (2 to 6 digits); anything longer is a phone number."""
     return value.isdigit() and 2 <= len(value) <= 6
+
+
+# Numbers whose caller pays a premium or shares the cost: the toll-fraud targets click-to-call never dials.
+COSTLY_NUMBER_TYPES = {
+    phonenumbers.PhoneNumberType.PREMIUM_RATE: "premium-rate",
+    phonenumbers.PhoneNumberType.SHARED_COST: "shared-cost",
+}
+
+
+def costly_number_type(e164: str) -> str | None:
+    """'premium-rate' or 'shared-cost' for such numbers (libphonenumber's number types), else None."""
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return None
+    return COSTLY_NUMBER_TYPES.get(phonenumbers.number_type(number))
+
+
+def number_region(e164: str) -> str | None:
+    """The ISO 3166 region a number belongs to ('+7 701…' is KZ, '+7 916…' RU), None when none claims it."""
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return None
+    return phonenumbers.region_code_for_number(number)

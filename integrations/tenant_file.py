@@ -12,6 +12,7 @@ file leaves the database as it was. Every problem is reported with the path of t
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from django.db import models, transaction
 from django.db.models import RestrictedError
 
 from api.models import MIN_KEY_LENGTH, ApiKey
+from integrations import http
 from integrations.crm_sync import request_crm_sync
 from integrations.models import (
     Connection,
@@ -32,6 +34,7 @@ from integrations.models import (
     ExternalPhoneSiteCode,
     PbxConnection,
     Tenant,
+    TenantMembership,
     extension_validator,
     slug_validator,
     validate_region,
@@ -56,6 +59,8 @@ TENANT_KEYS = (
     "region",
     "time_zone",
     "retention_days",
+    "call_retention_days",
+    "click_to_call_regions",
     "pbx",
     "crm",
     "extensions",
@@ -65,7 +70,16 @@ TENANT_KEYS = (
 # The lists are required (an empty list is fine) because a missing one would silently remove everything of
 # that kind: the file is the whole truth, so leaving a list out must be a deliberate `[]`.
 REQUIRED_TENANT_KEYS = ("slug", "name", "pbx", "crm", "extensions", "external_phones")
-CONNECTION_KEYS = ("key", "provider", "active", "settings", "secrets", "public_id", "inbound_urls")
+CONNECTION_KEYS = (
+    "key",
+    "provider",
+    "active",
+    "settings",
+    "secrets",
+    "public_id",
+    "inbound_urls",
+    "allowed_networks",
+)
 CRM_CONNECTION_KEYS = (*CONNECTION_KEYS, "priority")
 EXTENSION_KEYS = ("number", "name", "email", "kind", "sip_login", "crm_users")
 EXTERNAL_PHONE_KEYS = ("number", "label", "site_codes")
@@ -104,6 +118,8 @@ def export_tenant(tenant: Tenant, *, include_secrets: bool = False) -> dict[str,
         "region": tenant.region,
         "time_zone": tenant.time_zone,
         "retention_days": tenant.retention_days,
+        "call_retention_days": tenant.call_retention_days,
+        "click_to_call_regions": list(tenant.click_to_call_regions or []),
         "pbx": [
             _export_connection(pbx, include_secrets)
             for pbx in PbxConnection.objects.filter(tenant=tenant).order_by("key")
@@ -166,6 +182,7 @@ def _export_connection(connection: Connection, include_secrets: bool) -> dict[st
     }
     if isinstance(connection, CrmConnection):
         document["priority"] = connection.priority
+    document["allowed_networks"] = list(connection.allowed_networks or [])
     return document
 
 
@@ -196,6 +213,7 @@ class ConnectionPlan:
     secrets: dict[str, Any]
     public_id: str | None
     priority: int = DEFAULT_CRM_PRIORITY
+    allowed_networks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -233,6 +251,8 @@ class TenantPlan:
     region: str
     time_zone: str
     retention_days: int | None
+    call_retention_days: int | None
+    click_to_call_regions: list[str]
     pbx: list[ConnectionPlan]
     crm: list[ConnectionPlan]
     extensions: list[ExtensionPlan]
@@ -352,6 +372,10 @@ def plan_import(document: Any, tenant: Tenant | None) -> TenantPlan:
     retention_days = document.get("retention_days")
     if retention_days is not None:
         retention_days = reader.whole_number(retention_days, "retention_days")
+    call_retention_days = document.get("call_retention_days")
+    if call_retention_days is not None:
+        call_retention_days = reader.whole_number(call_retention_days, "call_retention_days")
+    click_to_call_regions = _plan_regions(reader, document.get("click_to_call_regions", []))
 
     generated: list[str] = []
     pbx = _plan_connections(reader, document["pbx"], PBX, tenant, generated)
@@ -378,6 +402,8 @@ def plan_import(document: Any, tenant: Tenant | None) -> TenantPlan:
         region=(region or "RU").upper(),
         time_zone=time_zone or "Europe/Moscow",
         retention_days=retention_days,
+        call_retention_days=call_retention_days,
+        click_to_call_regions=click_to_call_regions,
         pbx=pbx,
         crm=crm,
         extensions=extensions,
@@ -385,6 +411,17 @@ def plan_import(document: Any, tenant: Tenant | None) -> TenantPlan:
         generated=generated,
         api_keys=api_keys,
     )
+
+
+def _plan_regions(reader: _Reader, value: Any) -> list[str]:
+    """`click_to_call_regions`: ISO 3166 codes; [] means the tenant's own region."""
+    codes = []
+    for position, code in enumerate(reader.list(value, "click_to_call_regions")):
+        path = f"click_to_call_regions[{position}]"
+        code = reader.validated(reader.string(code, path, max_length=2, blank=False), path, validate_region)
+        if code is not None and code.upper() not in codes:
+            codes.append(code.upper())
+    return codes
 
 
 def _keys_named(entries: Any) -> set[str]:
@@ -460,6 +497,8 @@ def _plan_connections(
             # Secrets stored for another provider mean nothing to this one.
             stored = dict(current.secrets or {}) if current and current.provider == provider else {}
             secrets = _plan_secrets(reader, entry.get("secrets", {}), path, provider_cls, stored, generated)
+        networks = _plan_networks(reader, entry.get("allowed_networks", []), f"{path}.allowed_networks")
+        _check_credential_urls(reader, path, settings, secrets, networks)
 
         if len(reader.problems) == before and key is not None and active is not None and priority is not None:
             plans.append(
@@ -472,9 +511,42 @@ def _plan_connections(
                     secrets=secrets,
                     public_id=public_id,
                     priority=priority,
+                    allowed_networks=networks,
                 )
             )
     return plans
+
+
+def _plan_networks(reader: _Reader, value: Any, path: str) -> list[str]:
+    """`allowed_networks`: CIDRs this connection alone may reach. Only this import (the operator's tool) and
+    superusers in the admin set them; see docs/security.md."""
+    networks = []
+    for position, item in enumerate(reader.list(value, path)):
+        item_path = f"{path}[{position}]"
+        text = reader.string(item, item_path, max_length=64, blank=False)
+        if text is None:
+            continue
+        try:
+            network = str(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            reader.problem(item_path, f"not a network: {text!r}")
+            continue
+        if network not in networks:
+            networks.append(network)
+    return networks
+
+
+def _check_credential_urls(
+    reader: _Reader, path: str, settings: dict[str, Any], secrets: dict[str, Any], networks: list[str]
+) -> None:
+    """URLs that carry credentials must be https unless they point into an allowed private network."""
+    with http.connection_networks(networks):
+        for part, values in (("settings", settings), ("secrets", secrets)):
+            for name, value in values.items():
+                if isinstance(value, str) and value.lower().startswith("http://"):
+                    problem = http.credential_url_problem(value)
+                    if problem:
+                        reader.problem(f"{path}.{part}.{name}", problem)
 
 
 def _check_public_id(
@@ -700,19 +772,33 @@ class ImportResult:
         return self.created or bool(self.changes)
 
 
-def import_tenant(document: Any, *, dry_run: bool = False) -> ImportResult:
-    """Upsert a tenant from a document in one transaction; nothing is written when anything is wrong."""
+def import_tenant(document: Any, *, dry_run: bool = False, create_only: bool = False) -> ImportResult:
+    """Upsert a tenant from a document in one transaction; nothing is written when anything is wrong.
+    create_only: an existing tenant with the document's slug is an error, and is left untouched."""
     with transaction.atomic():
         slug = document.get("slug") if isinstance(document, dict) else None
         tenant = (
             Tenant.objects.select_for_update().filter(slug=slug).first() if isinstance(slug, str) else None
         )
+        if tenant is not None and create_only:
+            raise TenantFileError(
+                [("slug", f"tenant {slug!r} exists already (administered by {administrators(tenant)})")]
+            )
         plan = plan_import(document, tenant)
         result = _apply(plan, tenant)
         result.dry_run = dry_run
         if dry_run:
             transaction.set_rollback(True)
     return result
+
+
+def administrators(tenant: Tenant) -> str:
+    """Who administers a tenant, for the operator about to change it: their e-mail addresses (or usernames)."""
+    admins = TenantMembership.objects.filter(tenant=tenant, role=TenantMembership.ADMIN).select_related(
+        "user"
+    )
+    names = sorted(m.user.email or m.user.get_username() for m in admins)
+    return ", ".join(names) or "nobody"
 
 
 def _apply(plan: TenantPlan, tenant: Tenant | None) -> ImportResult:
@@ -725,6 +811,8 @@ def _apply(plan: TenantPlan, tenant: Tenant | None) -> ImportResult:
         "region": plan.region,
         "time_zone": plan.time_zone,
         "retention_days": plan.retention_days,
+        "call_retention_days": plan.call_retention_days,
+        "click_to_call_regions": plan.click_to_call_regions,
     }
     differing = _assign(tenant, wanted)
     if created:
@@ -797,7 +885,12 @@ def _apply_connections(
         is_new = connection is None
         if connection is None:
             connection = model(tenant=tenant, key=plan.key)
-        values: dict[str, Any] = {"provider": plan.provider, "active": plan.active, "settings": plan.settings}
+        values: dict[str, Any] = {
+            "provider": plan.provider,
+            "active": plan.active,
+            "settings": plan.settings,
+            "allowed_networks": plan.allowed_networks,
+        }
         if side == CRM:
             values["priority"] = plan.priority
         if plan.public_id is not None:

@@ -8,6 +8,7 @@ and renderers, and answers errors in the provider's own format and status.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from django.conf import settings
@@ -17,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from integrations.inbound_guard import body_problem
 from integrations.models import CrmConnection, PbxConnection
 from integrations.providers.base import (
     PBX,
@@ -26,9 +28,14 @@ from integrations.providers.base import (
     WebhookInputError,
     provider_class,
 )
+from integrations.throttles import client_address, fail_open, hit
 from portal import logs
 
 logger = logging.getLogger("callbridge.hooks")
+
+
+def _now() -> float:
+    return time.time()
 
 
 class HookView(APIView):
@@ -79,11 +86,33 @@ class HookView(APIView):
             return self._error(413, "Request body too large")
         if isinstance(exc, WebhookAuthError):
             logger.warning("hook %s: authentication failed: %s", where, exc)
+            limited = self._auth_failures_over_limit()
+            if limited is not None:
+                response = self._error(429, "Too many failed authentication attempts; try again later")
+                response["Retry-After"] = str(limited)
+                return response
             return self._error(self.adapter.auth_failure_status, str(exc) or "Invalid token")
+        if isinstance(exc, RecursionError):
+            # A nesting the guard did not see (a parser of its own): still bad input, never a 500.
+            exc = WebhookInputError("Body nested too deeply")
         if isinstance(exc, WebhookInputError | ParseError):
             logger.warning("hook %s: bad input: %s", where, exc)
-            return self._error(400, str(exc) or "Invalid parameters")
+            own = self.adapter.bad_input_response(self.action_name, str(exc))
+            return own if own is not None else self._error(400, str(exc) or "Invalid parameters")
         return None
+
+    def _auth_failures_over_limit(self) -> int | None:
+        """Count this authentication failure against the client address (WEBHOOK_AUTH_FAILURE_THROTTLE);
+        past the limit, the seconds until the window ends. Only failures count and only failures are refused:
+        a PBX's sending address is shared by all its tenants, so one tenant's wrong key must not cost another
+        tenant's authenticated calls. A cache outage lets failures through unthrottled (fail open)."""
+        address = client_address(self.request._request)
+        rate = settings.WEBHOOK_AUTH_FAILURE_THROTTLE
+        count, retry_after = fail_open(lambda: hit(f"hooks:authfail:{address}", rate, _now()), (0, 0))
+        if count <= int(rate.split("/")[0]):
+            return None
+        logger.warning("hook %s: authentication failures from %s over %s", self.adapter.key, address, rate)
+        return retry_after
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
@@ -96,6 +125,9 @@ class HookView(APIView):
             raise _TooLarge()
         if not self.adapter.allows_unauthenticated(self.action_name):
             self.adapter.authenticate(request._request, self.action_name)
+        problem = body_problem(request._request.body, request.content_type or "")
+        if problem:
+            raise WebhookInputError(problem)
 
     def _dispatch_to_provider(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return self.adapter.handle(request, self.action_name)

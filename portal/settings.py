@@ -8,6 +8,7 @@ fresh laptop needs no server.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 import os
@@ -20,6 +21,8 @@ import environ
 from celery.schedules import schedule
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
+
+from portal import development_keys
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("CALLBRIDGE_VAR_DIR", BASE_DIR / "var"))
@@ -81,19 +84,23 @@ DEBUG = _bool("DEBUG", False)
 TESTING = os.environ.get("CALLBRIDGE_TESTING") == "1" or "pytest" in sys.modules
 
 SECRET_KEY = _get("SECRET_KEY", env.str, "")
+# Older SECRET_KEYs still accepted when checking signatures: recording links are HMACs under SECRET_KEY, so
+# rotating it without listing the old key here would break every link CRMs hold (docs/security.md).
+SECRET_KEY_FALLBACKS = [k.strip() for k in _get("SECRET_KEY_FALLBACKS", env.str, "").split(",") if k.strip()]
 FIELD_ENCRYPTION_KEYS = [
     k.strip() for k in _get("FIELD_ENCRYPTION_KEYS", env.str, "").split(",") if k.strip()
 ]
-if not DEBUG and not TESTING:
+# Outside DEBUG the keys must be configured, test run or not: only portal.settings_test supplies the public
+# development keys (through the environment), and `check --deploy` refuses them (portal.checks).
+if not DEBUG:
     if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY: must be set when DEBUG is off")
     if not FIELD_ENCRYPTION_KEYS:
         raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS: must be set when DEBUG is off")
 if not SECRET_KEY:
-    SECRET_KEY = "insecure-development-key-only-for-debug-and-tests-0123456789abcdef"
+    SECRET_KEY = development_keys.SECRET_KEY
 if not FIELD_ENCRYPTION_KEYS:
-    # A fixed development key: DEBUG or tests only (checked above).
-    FIELD_ENCRYPTION_KEYS = ["ZGV2ZWxvcG1lbnQta2V5LW9ubHktZm9yLWRlYnVnLTA="]
+    FIELD_ENCRYPTION_KEYS = [development_keys.FIELD_ENCRYPTION_KEY]
 for _position, _key in enumerate(FIELD_ENCRYPTION_KEYS, start=1):
     # Checked here rather than at the first decryption, so a mistyped key stops the deploy, not a webhook.
     try:
@@ -194,6 +201,23 @@ if _multiproc_dir and not Path(_multiproc_dir).is_dir():
 LOG_FORMAT = _get("LOG_FORMAT", env.str, "text").lower()
 if LOG_FORMAT not in {"text", "json"}:
     raise ImproperlyConfigured(f"LOG_FORMAT: expected text or json, got {LOG_FORMAT!r}")
+# E-mail: only when EMAIL_URL is set (smtp+tls://USER:PASSWORD@HOST:587) are invitation links also mailed;
+# without it nothing is sent and the admin hands the link over.
+_email_url = _get("EMAIL_URL", env.str, "")
+EMAIL_URL_CONFIGURED = bool(_email_url)
+if _email_url:
+    try:
+        globals().update(environ.Env.email_url_config(_email_url))
+    except Exception as exc:
+        raise ImproperlyConfigured(f"EMAIL_URL: invalid value ({exc})") from exc
+DEFAULT_FROM_EMAIL = _get("DEFAULT_FROM_EMAIL", env.str, "callbridge@localhost")
+
+# Abuse limits (docs/security.md). Click-to-call is counted in the database per CRM connection, so it holds
+# when the cache is down; authentication failures are counted per client address on the shared cache.
+CLICK_TO_CALL_THROTTLE = _rate("CLICK_TO_CALL_THROTTLE", _get("CLICK_TO_CALL_THROTTLE", env.str, "30/min"))
+WEBHOOK_AUTH_FAILURE_THROTTLE = _rate(
+    "WEBHOOK_AUTH_FAILURE_THROTTLE", _get("WEBHOOK_AUTH_FAILURE_THROTTLE", env.str, "20/min")
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -206,6 +230,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "integrations",
     "calls",
     "api",
@@ -223,7 +248,24 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a lockout into its 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Admin login lockout (django-axes, docs/security.md): 5 failures for one username from one address lock that
+# pair for 15 minutes; the attempts live in the database every web process shares. The address is taken as the
+# throttles take it (TRUSTED_PROXY_NETWORKS). Unlock early: `manage.py axes_reset_username NAME`.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = dt.timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "integrations.throttles.client_address"
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "portal.urls"
 WSGI_APPLICATION = "portal.wsgi.application"

@@ -90,12 +90,10 @@ def deliver(crm: Any, passes: int = 30) -> None:
                 outbox.run_claim(owner, [pk])
 
 
-def store_recording(call: Call, token: str | None = None) -> Recording:
+def store_recording(call: Call) -> Recording:
     """The recording the pipeline fetched: stored, then the "recording stored" change fans out to CRMs."""
     recording, _ = Recording.objects.get_or_create(call=call)
     changes: dict[str, Any] = {"state": Recording.STORED, "file": "x.mp3", "content_type": "audio/mpeg"}
-    if token:
-        changes["token"] = token
     Recording.objects.filter(pk=recording.pk).update(stored_at=timezone.now(), **changes)
     recording.refresh_from_db()
     recording_stored(recording)

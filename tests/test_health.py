@@ -50,7 +50,7 @@ def test_readyz_stays_ready_when_broker_and_cache_are_unreachable(tmp_path: Path
         result = run_django(
             ASK_READYZ,
             tmp_path,
-            CALLBRIDGE_TESTING="1",
+            DJANGO_SETTINGS_MODULE="portal.settings_test",
             CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0",
             CACHE_URL=f"redis://127.0.0.1:{port}/1",
         )
@@ -74,7 +74,7 @@ def test_readyz_answers_503_when_the_database_is_unreachable(tmp_path: Path):
         result = run_django(
             ASK_READYZ,
             tmp_path,
-            CALLBRIDGE_TESTING="1",
+            DJANGO_SETTINGS_MODULE="portal.settings_test",
             DATABASE_URL=f"postgres://postgres@127.0.0.1:{port}/callbridge",
         )
     assert result.returncode == 0, result.stderr

@@ -192,7 +192,7 @@ def test_redirect_to_a_host_name_resolving_to_loopback_is_refused_at_connect_tim
     settings.OUTBOUND_ALLOWED_NETWORKS = LOOPBACK_2
     server = serve("127.0.0.2", {"/hop": (307, {"Location": f"http://localhost:{listener.port}/"}, b"")})
     with pytest.raises(OutboundError) as exc:
-        client.request("POST", server.url("/hop"), data=b"x", timeout=FAST)
+        client.request("GET", server.url("/hop"), timeout=FAST)
     assert exc.value.kind == "refused" and "localhost" in str(exc.value)
     assert listener.connections() == 0
 
@@ -415,13 +415,60 @@ def test_user_agent_names_the_portal(client, mocked, settings):
 # --------------------------------------------------------------------------------------------- redirects
 
 
-def test_see_other_becomes_a_get_without_body(client, mocked):
-    mocked.add(responses.POST, "https://crm.example.com/a", status=303, headers={"Location": "/b"})
+@pytest.mark.parametrize("status", [301, 302, 303])
+def test_a_post_answered_with_a_body_dropping_redirect_is_a_delivery_failure(client, mocked, status):
+    """Issue 15: following it would re-send the message as a GET without its body and count it delivered."""
+    mocked.add(responses.POST, "https://crm.example.com/a", status=status, headers={"Location": "/b"})
     mocked.add(responses.GET, "https://crm.example.com/b", body="done")
-    response = client.request("POST", "https://crm.example.com/a", json={"x": 1})
-    assert response.text == "done"
-    follow = mocked.calls[1].request
-    assert (follow.method, follow.body, "Content-Type" in follow.headers) == ("GET", None, False)
+    with pytest.raises(OutboundError) as exc:
+        client.request("POST", "https://crm.example.com/a", json={"x": 1})
+    assert exc.value.permanent and exc.value.kind == "redirect" and exc.value.status == status
+    assert len(mocked.calls) == 1
+
+
+def test_see_other_after_a_get_is_followed(client, mocked):
+    mocked.add(responses.GET, "https://crm.example.com/a", status=303, headers={"Location": "/b"})
+    mocked.add(responses.GET, "https://crm.example.com/b", body="done")
+    assert client.request("GET", "https://crm.example.com/a").text == "done"
+
+
+def test_a_temporary_redirect_of_a_post_to_another_origin_is_not_followed(client, mocked):
+    mocked.add(
+        responses.POST,
+        "https://crm.example.com/a",
+        status=307,
+        headers={"Location": "https://elsewhere.example.net/c"},
+    )
+    mocked.add(responses.POST, "https://elsewhere.example.net/c", body="done")
+    with pytest.raises(OutboundError) as exc:
+        client.request("POST", "https://crm.example.com/a", json={"x": 1}, headers={"Authorization": "k"})
+    assert exc.value.kind == "redirect" and len(mocked.calls) == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_redirect_from_https_to_http_is_refused(client, mocked, method):
+    mocked.add(
+        getattr(responses, method),
+        "https://crm.example.com/a",
+        status=307,
+        headers={"Location": "http://crm.example.com/a"},
+    )
+    with pytest.raises(OutboundError) as exc:
+        client.request(method, "https://crm.example.com/a")
+    assert exc.value.kind == "redirect" and "plain http" in str(exc.value) and len(mocked.calls) == 1
+
+
+def test_credentials_never_travel_over_plain_http_to_a_public_host(client, mocked):
+    mocked.add(responses.POST, "http://crm.example.com/a", body="ok")
+    with pytest.raises(OutboundError) as exc:
+        client.request("POST", "http://crm.example.com/a", data={"token": "s3cret"}, secrets=["s3cret"])
+    assert exc.value.kind == "refused" and "https" in str(exc.value) and len(mocked.calls) == 0
+
+
+def test_credentials_may_use_plain_http_to_an_allowed_private_network(client, mocked, settings):
+    settings.OUTBOUND_ALLOWED_NETWORKS = [ipaddress.ip_network("10.20.0.0/16")]
+    mocked.add(responses.POST, "http://10.20.1.5/a", body="ok")
+    assert client.request("POST", "http://10.20.1.5/a", secrets=["s3cret"]).text == "ok"
 
 
 def test_temporary_redirect_keeps_method_and_body(client, mocked):
@@ -645,6 +692,26 @@ def test_ca_bundle_is_added_to_the_public_cas_not_substituted(settings, private_
     merged = Path(tls_verify_value()).read_bytes()
     assert Path(requests.certs.where()).read_bytes().strip() in merged
     assert Path(private_pki.ca).read_bytes().strip() in merged
+
+
+def test_the_merged_ca_bundle_is_written_to_a_private_unpredictable_path(settings, private_pki, tmp_path):
+    """Issue 15: a fixed name in the shared temp directory could be planted first by another local user."""
+    import hashlib
+    import stat
+    import tempfile
+
+    settings.OUTBOUND_CA_BUNDLE = private_pki.ca
+    with open(requests.certs.where(), "rb") as public, open(private_pki.ca, "rb") as own:
+        merged = public.read().rstrip(b"\n") + b"\n" + own.read()
+    predictable = Path(tempfile.gettempdir()) / f"callbridge-ca-{hashlib.sha256(merged).hexdigest()[:16]}.pem"
+
+    path = Path(tls_verify_value())
+
+    assert path != predictable
+    assert path.parent != Path(tempfile.gettempdir())
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(path.parent.name) >= len("callbridge-ca-") + 8  # a random part
 
 
 def test_default_timeout_is_a_connect_and_read_pair():

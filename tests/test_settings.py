@@ -141,3 +141,44 @@ def test_the_deployment_check_fails_when_debug_is_on(tmp_path: Path):
     )
     assert result.returncode != 0
     assert "security.W018" in result.stderr
+
+
+# ---- development keys (issue 15 item 14) ----
+
+
+@pytest.mark.parametrize("switch", [{"CALLBRIDGE_TESTING": "1"}, {}], ids=["CALLBRIDGE_TESTING", "plain"])
+def test_outside_debug_no_test_switch_brings_the_development_keys_back(tmp_path: Path, switch):
+    """Neither CALLBRIDGE_TESTING nor importing pytest lets a DEBUG-off process start without keys."""
+    error = startup_error(run_django("import pytest\n", tmp_path, DEBUG="false", **switch))
+    assert "SECRET_KEY" in error
+
+
+def test_the_test_settings_module_may_use_the_development_keys(tmp_path: Path):
+    result = run_django(
+        "from django.conf import settings\nfrom portal import development_keys\n"
+        "print(settings.SECRET_KEY == development_keys.SECRET_KEY)\n",
+        tmp_path,
+        DEBUG="false",
+        DJANGO_SETTINGS_MODULE="portal.settings_test",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("name", ["SECRET_KEY", "FIELD_ENCRYPTION_KEYS"])
+def test_the_deployment_check_fails_when_a_development_key_is_configured(tmp_path: Path, name: str):
+    from portal import development_keys
+
+    value = (
+        development_keys.SECRET_KEY
+        if name == "SECRET_KEY"
+        else f"{FERNET_KEY},{development_keys.FIELD_ENCRYPTION_KEY}"
+    )
+    result = run_django(
+        "from django.core.management import call_command\n"
+        "call_command('check', deploy=True, fail_level='WARNING')\n",
+        tmp_path,
+        **{**PRODUCTION, name: value},
+    )
+    assert result.returncode != 0
+    assert ("callbridge.E001" if name == "SECRET_KEY" else "callbridge.E002") in result.stderr

@@ -255,7 +255,14 @@ class JobSpec:
 
 
 NoticeKind = Literal[
-    "ringing", "dialing", "answered", "leg_cancelled", "leg_completed", "completed", "recording_stored"
+    "ringing",
+    "dialing",
+    "answered",
+    "leg_cancelled",
+    "leg_completed",
+    "completed",
+    "recording_stored",
+    "recording_link_changed",
 ]
 
 
@@ -267,7 +274,9 @@ class Notice:
     answered: `extension` took the call; leg_cancelled: `extension` rang but a colleague answered, or the
     caller hung up (closes that card); leg_completed: `extension` talked but the call went on to a colleague
     (a transfer), with its own `talk_seconds` when the events give them (closes that card); completed: the call
-    is final for CRMs; recording_stored: the file is in storage and `/records/<token>` serves it.
+    is final for CRMs; recording_stored: the file is in storage and `/records/<token>` serves it;
+    recording_link_changed: an admin revoked the link and `call.recording.public_url` is the new one (a CRM
+    whose protocol can replace a link sends it again).
     """
 
     kind: NoticeKind
@@ -461,6 +470,11 @@ class Provider:
         from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 
         return [JSONParser, FormParser, MultiPartParser]
+
+    def bad_input_response(self, action: str, message: str) -> Response | None:
+        """The answer to bad input on `action` when it is not the provider's usual error body (a routing
+        question the PBX must always get a 200 for); None answers error_body(400, message)."""
+        return None
 
     def renderer_classes(self, action: str) -> list[type]:
         from rest_framework.renderers import JSONRenderer

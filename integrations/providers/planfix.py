@@ -120,6 +120,10 @@ ANALYTICS_ATTRIBUTES: dict[str, Callable[[Call], Any]] = {
 }
 
 
+# Refusals of the click-to-call guard (calls/click_to_call.py), in Planfix's error shape; the PBX was not asked.
+GUARD_STATUS = {"throttled": 429, "region": 403, "number_type": 403}
+
+
 class PlanfixProvider(CrmProvider):
     key = "planfix"
     auth_failure_status = 401
@@ -189,6 +193,8 @@ class PlanfixProvider(CrmProvider):
         if outcome.code in {"unknown_extension", "bad_number"}:
             logger.info("planfix makeCall refused: %s", outcome.error)
             raise WebhookInputError(INVALID_PARAMETERS)
+        if outcome.code in GUARD_STATUS:  # the click-to-call guard: the PBX was not asked
+            return Response({"error": outcome.error}, status=GUARD_STATUS[outcome.code])
         return Response({"error": self._originate_failure(outcome)}, status=502)
 
     @staticmethod
@@ -260,6 +266,9 @@ class PlanfixProvider(CrmProvider):
             return JobSpec(KIND_COMPLETED, f"{call.pk}:{COMPLETED}:{ext}", hints, call, notice.order_key)
         if notice.kind == "recording_stored":
             return JobSpec(KIND_RECORD, f"{call.pk}:record", {}, call, notice.order_key)
+        if notice.kind == "recording_link_changed":  # `record` again, with the new link
+            version = call.recording.link_version
+            return JobSpec(KIND_RECORD, f"{call.pk}:record:v{version}", {}, call, notice.order_key)
         return None
 
     def perform(self, job: OutboundJob) -> str:

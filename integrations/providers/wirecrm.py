@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from django.db.models import Q
@@ -95,6 +96,10 @@ MESSAGES = {
     "bad_number": "Номер телефона клиента указан неверно",
     "pbx_refused": "АТС отклонила вызов",
     "pbx_unreachable": "АТС недоступна, повторите попытку через минуту",
+    # Refusals of the click-to-call guard (calls/click_to_call.py): the PBX was not asked.
+    "throttled": "Слишком много вызовов с этого подключения, повторите попытку позже",
+    "region": "Звонки в этот регион запрещены настройками портала",
+    "number_type": "Звонки на платные номера и номера с разделением стоимости запрещены",
 }
 
 
@@ -250,6 +255,10 @@ class WireCrmProvider(CrmProvider):
             return []
         # Asked for with every change of the call; the dedupe key makes every request after the first a no-op.
         specs = [self._spec(call, opening, FIRST_ORDER_KEY)]
+        for notice in notices:
+            if notice.kind == "recording_link_changed":  # NOTIFY_RECORD again, with the new link, alone
+                spec = self._spec(call, NOTIFY_RECORD, notice.order_key)
+                return [replace(spec, dedupe_key=f"{spec.dedupe_key}:v{call.recording.link_version}")]
         for notice in notices:
             if notice.kind == "ringing" and call.direction == Call.IN and notice.extension:
                 specs.append(self._spec(call, NOTIFY_INTERNAL, notice.order_key, notice.extension))

@@ -111,7 +111,7 @@ def stored_recording(make_call):
     def make(data: bytes = MP3, content_type: str = "audio/mpeg", started_at: dt.datetime | None = None):
         call = make_call(started_at)
         recording = Recording.objects.create(call=call)
-        name = recordings.storage().save(f"acme/{recording.token}.mp3", ContentFile(data))
+        name = recordings.storage().save(f"acme/{recording.pk}.mp3", ContentFile(data))
         Recording.objects.filter(pk=recording.pk).update(
             state=Recording.STORED,
             file=name,

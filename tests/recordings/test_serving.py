@@ -93,6 +93,16 @@ def test_an_unsatisfiable_range_gets_416_with_the_size(client, recording, header
     assert PlaybackLog.objects.get().status == 416
 
 
+@pytest.mark.parametrize(
+    "header", ["bytes=" + "9" * 5000 + "-", "bytes=0-" + "9" * 5000, "bytes=-" + "9" * 5000]
+)
+def test_a_range_with_thousands_of_digits_is_416_not_a_500(client, recording, header):
+    response = client.get(url(recording), HTTP_RANGE=header)
+
+    assert response.status_code == 416
+    assert response["Content-Range"] == f"bytes */{SIZE}"
+
+
 @pytest.mark.parametrize("header", ["bytes=500-100", "bytes=0-1,5-9", "items=0-9", "bytes=abc"])
 def test_an_invalid_or_multi_part_range_is_ignored_and_the_whole_file_sent(client, recording, header):
     response = client.get(url(recording), HTTP_RANGE=header)

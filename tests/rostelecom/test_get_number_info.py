@@ -163,6 +163,18 @@ def test_malformed_get_number_info_is_answered_in_shape_without_a_pin_and_stores
     assert not (RoutingDecision.objects.exists() or CallEvent.objects.exists())
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b'{"from_number": ', b'{"from_number": "+7916\\u0000"}', b'{"a": ' + b"[" * 3000 + b"]" * 3000 + b"}"],
+    ids=["truncated", "nul", "deep-nesting"],
+)
+def test_malformed_get_number_info_is_answered_200_result_0_and_stores_nothing(client, pbx, body):
+    """Issue 15: bad input on the routing question gets no PIN, so the PBX routes by its own rules."""
+    response = post(client, pbx, "get_number_info", body)
+    assert response.status_code == 200 and response.json() == {"result": 0, "resultMessage": "Caller unknown"}
+    assert not (RoutingDecision.objects.exists() or CallEvent.objects.exists())
+
+
 def test_get_number_info_stores_no_call_event(client, pbx, extensions):
     post(client, pbx, "get_number_info", json.dumps(load("get_number_info_seed.json")).encode())
     assert not Call.objects.exists() and not CallEvent.objects.exists()

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from integrations.tenant_file import TenantFileError, import_tenant, load_document
+from integrations.tenant_file import TenantFileError, administrators, import_tenant, load_document
 
 
 class Command(BaseCommand):
@@ -26,11 +26,18 @@ class Command(BaseCommand):
             action="store_true",
             help="validate and list what would change, then roll everything back",
         )
+        parser.add_argument(
+            "--create-only",
+            action="store_true",
+            help="refuse to touch a tenant whose slug exists already (provisioning scripts for new customers)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         text = self._read(options["file"], options.get("stdin") or sys.stdin)
         try:
-            result = import_tenant(load_document(text), dry_run=options["dry_run"])
+            result = import_tenant(
+                load_document(text), dry_run=options["dry_run"], create_only=options["create_only"]
+            )
         except TenantFileError as exc:
             raise CommandError(f"tenant file rejected:\n{exc}") from None
 
@@ -38,10 +45,15 @@ class Command(BaseCommand):
         prefix = "[dry run] " if result.dry_run else ""
         if result.created:
             self.stdout.write(self.style.SUCCESS(f"{prefix}Tenant {slug!r} created."))
-        elif result.changes:
-            self.stdout.write(self.style.SUCCESS(f"{prefix}Tenant {slug!r} updated."))
         else:
-            self.stdout.write(f"{prefix}Tenant {slug!r} unchanged.")
+            # An existing slug may be another customer's: say whose it is before listing what changed.
+            self.stdout.write(
+                f"{prefix}Tenant {slug!r} exists already; administered by {administrators(result.tenant)}."
+            )
+            if result.changes:
+                self.stdout.write(self.style.SUCCESS(f"{prefix}Tenant {slug!r} updated."))
+            else:
+                self.stdout.write(f"{prefix}Tenant {slug!r} unchanged.")
         for change in result.changes:
             self.stdout.write(f"  {change}")
         for path in result.generated:

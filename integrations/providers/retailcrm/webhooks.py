@@ -29,7 +29,14 @@ ORIGINATE_STATUS = {
     "no_pbx": 409,
     "pbx_refused": 502,
     "pbx_unreachable": 504,
+    # Refusals of the click-to-call guard (calls/click_to_call.py): the PBX was not asked.
+    "throttled": 429,
+    "region": 403,
+    "number_type": 403,
 }
+# ExtensionMapping.crm_user_id and OriginateRequest.crm_user_id: a longer userId is no user of ours, and
+# PostgreSQL would refuse to store it.
+MAX_USER_ID = 100
 
 
 class RetailCrmWebhooks:
@@ -60,6 +67,8 @@ class RetailCrmWebhooks:
         user_id = (params.get("userId") or "").strip()
         if not code or not phone:
             raise WebhookInputError("code and phone are required")
+        if len(user_id) > MAX_USER_ID:
+            raise WebhookInputError(f"userId longer than {MAX_USER_ID} characters")
         outcome = originate(
             self.connection.tenant,
             code,
@@ -84,6 +93,8 @@ class RetailCrmWebhooks:
         status = (params.get("status") or "").strip()
         if not status or not (user_id or code) or len(status) > 30:
             raise WebhookInputError("userId (or code) and status are required")
+        if len(user_id) > MAX_USER_ID:
+            raise WebhookInputError(f"userId longer than {MAX_USER_ID} characters")
         if status not in USER_STATUSES:
             logger.info("retailcrm %s: unexpected user status %r stored as is", self.connection, status)
         mine = ExtensionMapping.objects.filter(

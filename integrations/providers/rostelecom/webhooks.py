@@ -70,6 +70,13 @@ class RostelecomWebhooks:
     def error_body(self, status: int, message: str) -> Any:
         return {"result": 1, "resultMessage": message}
 
+    def bad_input_response(self, action: str, message: str) -> Response | None:
+        """get_number_info is always answered 200 with result 0 and no PIN: the PBX then routes by its own
+        rules instead of waiting out its timeout or failing the call."""
+        if action == "get_number_info":
+            return self.answer({"result": 0, "resultMessage": "Caller unknown"})
+        return None
+
     def parser_classes(self, action: str) -> list[type]:
         return [JSONParser]  # the body is read raw (request.body); this only keeps DRF from refusing it
 
