@@ -80,14 +80,20 @@ class _Deadline:
 
 
 def fetch_recording(job: OutboundJob, timeout: Any = None) -> str:
-    """The `recording.fetch` job: a fresh link from the PBX, then a streamed, size-capped download."""
+    """The `recording.fetch` job: a fresh link from the PBX, then a streamed, size-capped download, stored
+    only while the job's claim still holds its lease."""
     recording = Recording.objects.select_related("call__tenant", "call__pbx_connection").get(
         pk=job.payload["recording"]
     )
-    return fetch(recording, timeout=timeout)
+    return fetch(recording, timeout=timeout, job=job)
 
 
-def fetch(recording: Recording, timeout: Any = None, deadline_seconds: float | None = None) -> str:
+def fetch(
+    recording: Recording,
+    timeout: Any = None,
+    deadline_seconds: float | None = None,
+    job: OutboundJob | None = None,
+) -> str:
     """Download the recording into storage and announce it once. Raises ProviderError/OutboundError with the
     outbox's verdict: "not ready yet" is transient, a refused address or an oversize file permanent."""
     if recording.state in {Recording.STORED, Recording.PURGED}:
@@ -103,7 +109,7 @@ def fetch(recording: Recording, timeout: Any = None, deadline_seconds: float | N
         Recording.objects.filter(pk=recording.pk, state=Recording.FETCHING).update(state=Recording.EXPECTED)
         raise
     try:
-        with transaction.atomic():
+        with outbox.on_behalf_of(job) if job is not None else transaction.atomic():
             updated = (
                 Recording.objects.filter(pk=recording.pk)
                 .exclude(state__in=[Recording.STORED, Recording.PURGED])
