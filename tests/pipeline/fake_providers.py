@@ -23,6 +23,7 @@ from integrations.providers.base import (
     OriginateResult,
     PbxProvider,
     ProviderError,
+    ReconcileResult,
     RoutingAnswer,
     WebhookAuthError,
     WebhookInputError,
@@ -50,6 +51,14 @@ class FakePbx(PbxProvider):
             raise WebhookInputError("Invalid JSON") from exc
         ingest(self.connection, events)
         return Response({"ok": True})
+
+    def reconcile(self, call: Any) -> ReconcileResult:
+        """What the connection's `reconcile` setting says: completed (answered), live or unknown."""
+        status = self.connection.settings.get("reconcile", "unknown")
+        if status == "completed":
+            end = {"call": call.provider_call_id, "kind": "completed", "seq": 90, "outcome": "answered"}
+            return ReconcileResult("completed", (to_event(end),), note="from the fake PBX's records")
+        return ReconcileResult(status, note=f"the fake PBX says {status}")
 
     def originate(self, request: Any) -> OriginateResult:
         response = requests.post(
