@@ -43,8 +43,14 @@ def django_db_setup(django_db_setup, django_db_blocker):
 def _clear_cache(settings):
     from django.core.cache import cache
 
+    from portal import fastcache
+
     with contextlib.suppress(Exception):
         cache.clear()
+    fastcache.reset()  # a test that broke the cache must not leave the next one backing off
+    from calls import routing
+
+    routing._slots.clear()  # lookups a test left running must not hold the next test's tenant's share
     yield
 
 

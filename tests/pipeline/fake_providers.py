@@ -132,9 +132,11 @@ class FakeCrm(CrmProvider):
         return response.text[:200]
 
     def lookup(self, query: Any, timeout: float) -> RoutingAnswer | None:
-        delay = self.connection.settings.get("delay", 0)
+        delay = float(self.connection.settings.get("delay", 0))
         if delay:
             time.sleep(min(delay, 10))
+        if self.connection.settings.get("fail"):
+            raise ProviderError("the fake CRM fails its lookups")
         answer = self.connection.settings.get("answer")
         return RoutingAnswer(**answer) if answer else None
 
