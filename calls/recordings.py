@@ -16,7 +16,6 @@ import time
 from typing import IO, Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.files import File
 from django.core.files.storage import storages
 from django.db import transaction
@@ -29,6 +28,7 @@ from calls.services import recording_stored
 from integrations.http import OutboundError, default_client
 from integrations.models import Tenant
 from integrations.providers.base import JobSpec, ProviderError, get_provider
+from portal import fastcache
 
 logger = logging.getLogger("callbridge.recordings")
 
@@ -204,7 +204,11 @@ def try_fetch_now(recording: Recording) -> bool:
     At most one attempt per recording every SYNC_FETCH_LOCK_SECONDS, whoever asks."""
     if recording.state not in {Recording.EXPECTED, Recording.FETCHING}:
         return False
-    if not cache.add(f"recording:syncfetch:{recording.pk}", 1, SYNC_FETCH_LOCK_SECONDS):
+    lock = f"recording:syncfetch:{recording.pk}"
+    # No cache, no attempt: the player is told to come back (the worker's job keeps fetching).
+    if not fastcache.guarded(
+        lambda cache: cache.add(lock, 1, SYNC_FETCH_LOCK_SECONDS), False, "recording fetch lock"
+    ):
         return False
     try:
         fetch(recording, timeout=SYNC_FETCH_TIMEOUT, deadline_seconds=SYNC_FETCH_SECONDS)

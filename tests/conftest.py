@@ -51,6 +51,9 @@ def _clear_cache(settings):
     from calls import routing
 
     routing._slots.clear()  # lookups a test left running must not hold the next test's tenant's share
+    from portal import health
+
+    health.forget()  # /readyz's memoised answer belongs to the test that asked
     yield
 
 
@@ -91,3 +94,7 @@ def listener():
     lst = Listener()
     yield lst
     lst.close()
+
+
+# A private redis-server for the tests that break Redis (tests/private_redis.py).
+from tests.private_redis import private_redis  # noqa: E402,F401
