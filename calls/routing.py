@@ -55,8 +55,14 @@ def tenant_slots(tenant_id: int) -> threading.BoundedSemaphore:
         return slots
 
 
-def _breaker_key(crm: CrmConnection, suffix: str) -> str:
-    return f"routing:breaker:{crm.pk}:{suffix}"
+def _breaker_key(crm: CrmConnection | int, suffix: str) -> str:
+    return f"routing:breaker:{crm if isinstance(crm, int) else crm.pk}:{suffix}"
+
+
+def _label(crm: CrmConnection) -> str:
+    """How log lines name a CRM connection here: from its own fields, never a query (a lookup may report after
+    its tenant is gone)."""
+    return f"CRM connection {crm.pk} ({crm.key}, {crm.provider})"
 
 
 def breaker_open(crm: CrmConnection) -> bool:
@@ -65,11 +71,15 @@ def breaker_open(crm: CrmConnection) -> bool:
 
 
 def _record_failure(crm: CrmConnection) -> None:
-    fastcache.guarded(lambda cache: _count_failure(cache, crm), None, "routing breaker")
+    _record_failure_of(crm.pk, _label(crm))
 
 
-def _count_failure(cache: Any, crm: CrmConnection) -> None:
-    key = _breaker_key(crm, "failures")
+def _record_failure_of(pk: int, label: str) -> None:
+    fastcache.guarded(lambda cache: _count_failure(cache, pk, label), None, "routing breaker")
+
+
+def _count_failure(cache: Any, pk: int, label: str) -> None:
+    key = _breaker_key(pk, "failures")
     cache.add(key, 0, BREAKER_OPEN_SECONDS * 10)
     try:
         failures = cache.incr(key)
@@ -78,13 +88,13 @@ def _count_failure(cache: Any, crm: CrmConnection) -> None:
         failures = 1
     if failures >= BREAKER_THRESHOLD:
         logger.warning(
-            "routing: %s failed %s times in a row; skipped for %s s", crm, failures, BREAKER_OPEN_SECONDS
+            "routing: %s failed %s times in a row; skipped for %s s", label, failures, BREAKER_OPEN_SECONDS
         )
-        cache.set(_breaker_key(crm, "open"), 1, BREAKER_OPEN_SECONDS)
+        cache.set(_breaker_key(pk, "open"), 1, BREAKER_OPEN_SECONDS)
         cache.delete(key)
 
 
-def _record_success(crm: CrmConnection) -> None:
+def _record_success(crm: CrmConnection | int) -> None:
     key = _breaker_key(crm, "failures")
     fastcache.guarded(lambda cache: cache.delete(key), None, "routing breaker")
 
@@ -124,20 +134,22 @@ def _ask(adapter: Any, query: RoutingQuery, timeout: float) -> RoutingAnswer | N
         return adapter.lookup(query, timeout)
 
 
-# Lookups the routing deadline left behind report here when they finish; the next routing question of this
-# process records them (cache and breaker), so routing threads never touch the cache or the database.
-_late_results: queue.SimpleQueue[tuple[CrmConnection, str, RoutingAnswer | None, bool]] = queue.SimpleQueue()
+# Lookups the routing deadline left behind report here when they finish: (CRM connection id, its label, the
+# answer's cache key, the answer, failed). The next routing question of this process records them (cache and
+# breaker), so routing threads never touch the cache or the database.
+_late_results: queue.SimpleQueue[tuple[int, str, str, RoutingAnswer | None, bool]] = queue.SimpleQueue()
 
 
 def _when_late_answer_arrives(crm: CrmConnection, key: str, future: Future[RoutingAnswer | None]) -> None:
     """A lookup the routing deadline left behind: its answer, when it comes, is cached for the next call and
     counts as a success; only an error counts against the CRM's breaker."""
+    pk, label = crm.pk, _label(crm)
 
     def done(finished: Future[RoutingAnswer | None]) -> None:
         if finished.cancelled():
             return
         failed = finished.exception() is not None
-        _late_results.put((crm, key, None if failed else finished.result(), failed))
+        _late_results.put((pk, label, key, None if failed else finished.result(), failed))
 
     future.add_done_callback(done)
 
@@ -145,19 +157,25 @@ def _when_late_answer_arrives(crm: CrmConnection, key: str, future: Future[Routi
 def record_late_results() -> None:
     """Record what abandoned lookups brought back since the last routing question of this process."""
     answers: dict[str, dict[str, str]] = {}
-    while True:
-        try:
-            crm, key, answer, failed = _late_results.get_nowait()
-        except queue.Empty:
-            break
+    for pk, label, key, answer, failed in forget_late_results():
         if failed:
-            _record_failure(crm)
+            _record_failure_of(pk, label)
             continue
-        _record_success(crm)
+        _record_success(pk)
         if answer is not None and (answer.extension or answer.display_name):
             answers[key] = {"extension": answer.extension, "display_name": answer.display_name}
-            logger.info("routing: %s answered late; cached for the next call", crm)
+            logger.info("routing: %s answered late; cached for the next call", label)
     _cache_answers(answers)
+
+
+def forget_late_results() -> list[tuple[int, str, str, RoutingAnswer | None, bool]]:
+    """Take every late result reported so far (tests drop them between tests)."""
+    taken = []
+    while True:
+        try:
+            taken.append(_late_results.get_nowait())
+        except queue.Empty:
+            return taken
 
 
 def resolve(
@@ -298,7 +316,7 @@ def _ask_crms(
             try:
                 answer, answered_by = item.future.result(), item.crm.key
             except Exception as exc:
-                logger.warning("routing: %s failed: %s", item.crm, exc)
+                logger.warning("routing: %s failed: %s", _label(item.crm), exc)
                 detail.setdefault("failed", []).append(item.crm.key)
                 _record_failure(item.crm)
             else:

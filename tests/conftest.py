@@ -51,6 +51,7 @@ def _clear_cache(settings):
     from calls import routing
 
     routing._slots.clear()  # lookups a test left running must not hold the next test's tenant's share
+    routing.forget_late_results()  # nor report into the next test's cache
     from portal import health
 
     health.forget()  # /readyz's memoised answer belongs to the test that asked
