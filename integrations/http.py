@@ -496,8 +496,10 @@ def _bounded_timeout(timeout: Timeout, method: str, shown: str) -> Timeout:
 
 
 def _check_deadline(method: str, shown: str) -> None:
+    # The time, not only the watchdog's flag: a process frozen past its deadline may wake with the whole body in
+    # its socket buffer before the watchdog thread runs.
     current = _deadline.get()
-    if current is not None and current.expired:
+    if current is not None and (current.expired or current.remaining() <= 0):
         raise _deadline_error(current, method, shown)
 
 
