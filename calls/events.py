@@ -62,6 +62,9 @@ class NormalisedEvent:
     recording_expected: on `completed`/`recording_ready`, whether a recording file will exist (None = unknown).
     recording: provider hints for fetching it later (e.g. a recording id); never credentials.
     correlation_id: the id our click-to-call command got back (a session or command id).
+    settle: what the adapter still has to work out when the event is applied, because the webhook itself may
+        not do it (read the cache, look up the directory): the inbox processor hands such an event to the
+        adapter's `settle_event()` first. Empty = the event is complete as parsed.
     raw: the payload as received, with credentials stripped.
     """
 
@@ -86,6 +89,7 @@ class NormalisedEvent:
     recording: dict[str, Any] = field(default_factory=dict)
     correlation_id: str = ""
     final: bool = False
+    settle: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

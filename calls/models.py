@@ -98,10 +98,19 @@ class Call(models.Model):
 
 
 class CallEvent(models.Model):
-    KIND_CHOICES = [(k, k) for k in KINDS]
+    """One PBX event, stored by the webhook (the inbox) and applied to its call by the inbox processor.
 
-    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events")
+    The webhook writes only this row: `provider_call_id` names the call, `call` stays empty until a worker
+    applies the event (docs/pipeline.md "Inbox"). `status` says how far that got.
+    """
+
+    KIND_CHOICES = [(k, k) for k in KINDS]
+    PENDING, DONE, FAILED = "pending", "done", "failed"
+    STATUSES = [(PENDING, "waiting to be applied"), (DONE, "applied"), (FAILED, "failed, skipped")]
+
+    call = models.ForeignKey(Call, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
     pbx_connection = models.ForeignKey(PbxConnection, on_delete=models.CASCADE, related_name="+")
+    provider_call_id = models.CharField(max_length=200, default="")
     dedupe_key = models.CharField(max_length=300)
     order_key = models.CharField(max_length=100)
     kind = models.CharField(max_length=20, choices=KIND_CHOICES)
@@ -110,11 +119,23 @@ class CallEvent(models.Model):
     received_at = models.DateTimeField(default=timezone.now)
     normalised = models.JSONField(default=dict)
     raw = models.JSONField(default=dict, help_text="As received, credentials stripped")
+    status = models.CharField(max_length=8, choices=STATUSES, default=PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="Empty: as soon as possible")
+    last_error = models.TextField(blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["order_key", "id"]
         constraints = [
             models.UniqueConstraint(fields=["pbx_connection", "dedupe_key"], name="unique_call_event"),
+        ]
+        indexes = [
+            # The processor's queue and /readyz's oldest pending event: small, only unapplied rows.
+            models.Index(
+                fields=["received_at"], name="callevent_pending_idx", condition=models.Q(status="pending")
+            ),
+            models.Index(fields=["pbx_connection", "provider_call_id"], name="callevent_provider_call_idx"),
         ]
 
     def __str__(self) -> str:

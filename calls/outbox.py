@@ -15,7 +15,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,10 +69,9 @@ def connection_ref(connection: Any) -> str:
     return f"{connection.SIDE}:{connection.pk}"
 
 
-def create_jobs(connection: Any, specs: Iterable[JobSpec], call: Call | None = None) -> int:
-    """Write jobs for one connection (inside the caller's transaction). A dedupe key already used by this
-    connection is skipped, so recomputing the same change creates nothing twice. Returns how many were new."""
-    now = timezone.now()
+def _job_rows(
+    connection: Any, specs: Iterable[JobSpec], call: Call | None, now: dt.datetime
+) -> list[OutboundJob]:
     ref = connection_ref(connection)
     rows = []
     for spec in specs:
@@ -98,16 +97,51 @@ def create_jobs(connection: Any, specs: Iterable[JobSpec], call: Call | None = N
                 created_at=now,
             )
         )
+    return rows
+
+
+def _write(rows: list[OutboundJob]) -> int:
+    """Insert the rows whose (connection, dedupe key) is new: one lookup, one bulk INSERT."""
     if not rows:
         return 0
-    existing = set(
-        OutboundJob.objects.filter(
-            connection_ref=ref, dedupe_key__in=[r.dedupe_key for r in rows]
-        ).values_list("dedupe_key", flat=True)
-    )
-    fresh = [r for r in rows if r.dedupe_key not in existing]
+    taken = Q()
+    by_ref: dict[str, list[str]] = {}
+    for row in rows:
+        by_ref.setdefault(row.connection_ref, []).append(row.dedupe_key)
+    for ref, keys in by_ref.items():
+        taken |= Q(connection_ref=ref, dedupe_key__in=keys)
+    existing = set(OutboundJob.objects.filter(taken).values_list("connection_ref", "dedupe_key"))
+    fresh, seen = [], set(existing)
+    for row in rows:
+        key = (row.connection_ref, row.dedupe_key)
+        if key not in seen:
+            seen.add(key)
+            fresh.append(row)
     OutboundJob.objects.bulk_create(fresh, ignore_conflicts=True)
     return len(fresh)
+
+
+def create_jobs(connection: Any, specs: Iterable[JobSpec], call: Call | None = None) -> int:
+    """Write jobs for one connection (inside the caller's transaction). A dedupe key already used by this
+    connection is skipped, so recomputing the same change creates nothing twice. Returns how many were new."""
+    return _write(_job_rows(connection, specs, call, timezone.now()))
+
+
+class JobBatch:
+    """Jobs of several connections collected while one change is applied, written with one lookup and one
+    INSERT (`write()`), with create_jobs()'s dedupe rules."""
+
+    def __init__(self) -> None:
+        self.rows: list[OutboundJob] = []
+        self.now = timezone.now()
+
+    def add(self, connection: Any, specs: Iterable[JobSpec], call: Call | None = None) -> None:
+        self.rows += _job_rows(connection, specs, call, self.now)
+
+    def write(self) -> int:
+        written = _write(self.rows)
+        self.rows = []
+        return written
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,8 +201,22 @@ class Claimed:
     job_ids: list[int]
 
 
-def claim_due(limit: int = CLAIM_LIMIT, now: dt.datetime | None = None) -> list[Claimed]:
-    """Claim what is due: single jobs, or up to the kind's batch size of one connection's batchable jobs."""
+def in_flight(now: dt.datetime) -> int:
+    """Claims published and not finished yet (their lease still runs): one Celery task each."""
+    return (
+        OutboundJob.objects.filter(status=OutboundJob.PENDING, lease_expires_at__gte=now)
+        .exclude(lease_owner="")
+        .values("lease_owner")
+        .distinct()
+        .count()
+    )
+
+
+def claim_due(
+    limit: int = CLAIM_LIMIT, now: dt.datetime | None = None, max_claims: int | None = None
+) -> list[Claimed]:
+    """Claim what is due: single jobs, or up to the kind's batch size of one connection's batchable jobs; at
+    most `max_claims` claims (tasks), the workers' free capacity."""
     now = now or timezone.now()
     candidates = list(
         claimable(now).values_list(
@@ -192,12 +240,10 @@ def claim_due(limit: int = CLAIM_LIMIT, now: dt.datetime | None = None) -> list[
         else:
             singles.append(pk)
     claimed: list[Claimed] = []
-    for pk in singles:
-        owner = uuid.uuid4().hex
-        got = claim([pk], owner, now)
-        if got:
-            claimed.append(Claimed(owner, got))
-    for ids in (batch for batches in groups.values() for batch in batches):
+    wanted = [[pk] for pk in singles] + [batch for batches in groups.values() for batch in batches]
+    for ids in wanted:
+        if max_claims is not None and len(claimed) >= max_claims:
+            break
         owner = uuid.uuid4().hex
         got = claim(ids, owner, now)
         if got:
@@ -211,24 +257,36 @@ def release(job_ids: Sequence[int], owner: str) -> None:
     )
 
 
-def relay(publish: Any = None) -> int:
+def relay(publish: Callable[[str, list[int]], Any], expire: bool = True) -> int:
     """One relay pass: expire, claim, and hand each claim to a Celery task. Returns how many jobs went out.
+
+    Backpressure: a pass claims no more than the free capacity, OUTBOX_MAX_IN_FLIGHT minus the claims still
+    leased (published, queued or running), so a backlog after an outage is fed to the broker as fast as the
+    workers take it and a queued claim is never claimed twice while its lease runs. Besides beat's pass every
+    1.5 s, every finished task runs a pass (calls.tasks.send_jobs), so a busy pipeline refills itself.
 
     `publish(owner, job_ids)` sends the task; when the broker refuses, the lease is released so the next pass
     tries again instead of waiting for the lease to run out.
     """
-    if publish is None:
-        from calls.tasks import publish_claim as publish
-
-    expire_due_jobs()
+    now = timezone.now()
+    if expire:
+        expire_due_jobs(now)
+    free = settings.OUTBOX_MAX_IN_FLIGHT - in_flight(now)
+    if free <= 0:
+        return 0
     sent = 0
-    for claimed in claim_due():
+    claims = claim_due(min(CLAIM_LIMIT * 25, free * 50), now, max_claims=free)
+    for index, claimed in enumerate(claims):
         try:
             publish(claimed.owner, claimed.job_ids)
             sent += len(claimed.job_ids)
         except Exception as exc:
+            # The broker is down: release this claim and the rest at once rather than wait out its timeout
+            # once per claim.
             logger.warning("relay: could not publish %s job(s): %s", len(claimed.job_ids), exc)
-            release(claimed.job_ids, claimed.owner)
+            for rest in claims[index:]:
+                release(rest.job_ids, rest.owner)
+            break
     return sent
 
 

@@ -13,7 +13,7 @@ import requests
 from rest_framework.response import Response
 
 from calls.events import NormalisedEvent
-from calls.services import ingest
+from calls.processor import ingest
 from integrations.providers.base import (
     FINAL,
     POPUP,

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from calls import outbox
+from tests.inbox import process_inbox
 from calls.models import Call, Recording
 from integrations.providers import base
 from tests.factories import (
@@ -57,6 +58,7 @@ def form_field(request: Any, name: str) -> Any:
 
 def run_due() -> None:
     """One relay pass whose published tasks run inline."""
+    process_inbox()
     outbox.relay(publish=lambda owner, ids: outbox.run_claim(owner, ids))
 
 

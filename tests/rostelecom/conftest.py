@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from calls import outbox
+from tests.inbox import process_inbox
 from integrations.providers import base
 from tests.factories import ExtensionFactory, PbxConnectionFactory, TenantFactory
 from tests.pipeline.fake_providers import register
@@ -72,6 +73,7 @@ def post_all(client: Any, connection: Any, bodies: list[dict[str, Any]]) -> None
 
 def run_due() -> None:
     """One relay pass whose published tasks run inline (the worker itself is tested in tests/pipeline)."""
+    process_inbox()
     outbox.relay(publish=lambda owner, ids: outbox.run_claim(owner, ids))
 
 
