@@ -11,12 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.models.constants import OnConflict
+from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from calls.events import NormalisedEvent, strip_credentials
 from calls.models import CallEvent
 from integrations.models import PbxConnection
 from integrations.providers.base import WebhookInputError
+
+INSERTED_FIELDS = [f for f in CallEvent._meta.concrete_fields if not f.primary_key]
 
 
 def store(
@@ -47,6 +52,10 @@ def store(
         )
         for event in events
     ]
-    # One INSERT … ON CONFLICT DO NOTHING (INSERT OR IGNORE on SQLite): atomic on its own, no transaction
-    # block needed, and a duplicate is no error.
-    CallEvent.objects.bulk_create(rows, ignore_conflicts=True)
+    # One INSERT … ON CONFLICT DO NOTHING (INSERT OR IGNORE on SQLite) in autocommit: atomic on its own, a
+    # duplicate is no error, and no BEGIN/COMMIT round trips (bulk_create would wrap it in a transaction).
+    query = InsertQuery(CallEvent, on_conflict=OnConflict.IGNORE)
+    query.insert_values(INSERTED_FIELDS, rows)
+    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+        for sql, params in query.get_compiler(DEFAULT_DB_ALIAS).as_sql():
+            cursor.execute(sql, params)

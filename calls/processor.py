@@ -172,7 +172,7 @@ def process_call(
         rows = list(
             CallEvent.objects.filter(
                 pbx_connection_id=pbx_id, provider_call_id=provider_call_id, status=CallEvent.PENDING
-            ).order_by("order_key", "id")
+            ).order_by("id")
         )
         if not rows:
             return False
@@ -186,26 +186,56 @@ def process_call(
             return False
         if connection is None:
             connection = PbxConnection.objects.select_related("tenant").get(pk=pbx_id)
-        adapter = get_provider(connection)
+        return _apply_arrivals(connection, get_provider(connection), provider_call_id, rows, now)
+
+
+def _arrivals(rows: Sequence[CallEvent]) -> list[list[CallEvent]]:
+    """The rows grouped by the webhook that stored them (one store() gives its rows one received_at), in
+    arrival order: each is applied as that webhook's request applied it before the inbox, so the notices (a
+    pop-up, then the end) are those of a synchronous webhook whatever the processor's lag."""
+    groups: list[list[CallEvent]] = []
+    for row in rows:
+        if groups and groups[-1][0].received_at == row.received_at:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
+def _apply_arrivals(
+    connection: PbxConnection,
+    adapter: Any,
+    provider_call_id: str,
+    rows: Sequence[CallEvent],
+    now: dt.datetime,
+) -> bool:
+    applied = False
+    remaining = list(rows)
+    for group in _arrivals(rows):
         try:
             with transaction.atomic():
-                _apply(connection, adapter, provider_call_id, rows, now)
-            return True
+                _apply(connection, adapter, provider_call_id, group, now)
+            applied = True
+            remaining = remaining[len(group) :]
+            continue
         except Exception as exc:
-            if len(rows) == 1:
-                _record_failure(rows[0], [], exc, now)
-                return False
-        # The batch failed: apply one event at a time to find the one that fails; those before it are applied.
-        applied = False
-        for index, row in enumerate(rows):
+            if len(group) == 1:
+                if not _record_failure(group[0], remaining[1:], exc, now):
+                    return applied  # the rest wait for this one's retry
+                remaining = remaining[1:]
+                continue
+        # A webhook with several events failed: one at a time finds the one that fails.
+        for row in sorted(group, key=lambda r: (r.order_key, r.pk)):
+            rest = [r for r in remaining if r.pk != row.pk]
             try:
                 with transaction.atomic():
                     _apply(connection, adapter, provider_call_id, [row], now)
                 applied = True
             except Exception as exc:
-                if not _record_failure(row, rows[index + 1 :], exc, now):
-                    break  # the rest wait for this one's retry
-        return applied
+                if not _record_failure(row, rest, exc, now):
+                    return applied
+            remaining = rest
+    return applied
 
 
 def _record_failure(row: CallEvent, later: Sequence[CallEvent], exc: Exception, now: dt.datetime) -> bool:

@@ -13,7 +13,6 @@ from urllib.parse import parse_qs
 import pytest
 
 from calls import outbox
-from tests.inbox import process_inbox
 from calls.models import Call, Recording
 from integrations.providers import base
 from tests.factories import (
@@ -25,6 +24,7 @@ from tests.factories import (
     SiteCodeFactory,
     TenantFactory,
 )
+from tests.inbox import process_inbox
 from tests.pipeline.fake_providers import register
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "retailcrm"

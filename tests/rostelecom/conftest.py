@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from calls import outbox
-from tests.inbox import process_inbox
 from integrations.providers import base
 from tests.factories import ExtensionFactory, PbxConnectionFactory, TenantFactory
+from tests.inbox import process_inbox
 from tests.pipeline.fake_providers import register
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "rostelecom"
