@@ -152,10 +152,9 @@ OUTBOX_TIME_SCALE = _positive("OUTBOX_TIME_SCALE", _get("OUTBOX_TIME_SCALE", env
 # The relay keeps at most this many claims (one Celery task each: a job or a batch) published and not yet done,
 # so a backlog after an outage reaches the broker as fast as workers take it, not in one burst.
 OUTBOX_MAX_IN_FLIGHT = int(_positive("OUTBOX_MAX_IN_FLIGHT", _get("OUTBOX_MAX_IN_FLIGHT", env.int, 64)))
-# The inbox processor (manage.py process_inbox): how often it looks for stored events when nothing woke it
-# (SQLite has no NOTIFY; on PostgreSQL this only bounds the wait), and how often one event is tried before it
-# is marked failed and skipped.
-INBOX_POLL_SECONDS = _positive("INBOX_POLL_SECONDS", _get("INBOX_POLL_SECONDS", env.float, 0.25))
+# The inbox processor (manage.py process_inbox): how often it looks for stored events (one index lookup when
+# none waits), and how often one event is tried before it is marked failed and skipped.
+INBOX_POLL_SECONDS = _positive("INBOX_POLL_SECONDS", _get("INBOX_POLL_SECONDS", env.float, 0.1))
 INBOX_MAX_ATTEMPTS = int(_positive("INBOX_MAX_ATTEMPTS", _get("INBOX_MAX_ATTEMPTS", env.int, 5)))
 # The simulated providers (sandbox PBX and CRM) and their /sandbox/ pages: on for development, off in production
 # unless asked for. They stay registered either way; when off they refuse to work.

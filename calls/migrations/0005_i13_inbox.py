@@ -1,27 +1,10 @@
 """The inbox: a webhook stores its events and answers; the inbox processor applies them (docs/pipeline.md).
 
 Events stored before this migration were applied when they arrived: they are marked done and keep their call.
-On PostgreSQL, a statement-level trigger NOTIFYs `callbridge_inbox` after every insert into the table, so the
-processor wakes without the webhook making an extra round trip (SQLite has no NOTIFY: the processor polls).
 """
 
 import django.db.models.deletion
 from django.db import migrations, models
-
-NOTIFY_FUNCTION = """
-CREATE OR REPLACE FUNCTION calls_callevent_notify() RETURNS trigger AS $$
-BEGIN
-    PERFORM pg_notify('callbridge_inbox', '');
-    RETURN NULL;
-END;
-$$ LANGUAGE plpgsql;
-CREATE TRIGGER calls_callevent_inbox_notify AFTER INSERT ON calls_callevent
-    FOR EACH STATEMENT EXECUTE FUNCTION calls_callevent_notify();
-"""
-DROP_NOTIFY = """
-DROP TRIGGER IF EXISTS calls_callevent_inbox_notify ON calls_callevent;
-DROP FUNCTION IF EXISTS calls_callevent_notify();
-"""
 
 
 def mark_applied(apps, schema_editor):
@@ -34,16 +17,6 @@ def mark_applied(apps, schema_editor):
             Call.objects.filter(pk=models.OuterRef("call_id")).values("provider_call_id")[:1]
         ),
     )
-
-
-def add_notify_trigger(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(NOTIFY_FUNCTION)
-
-
-def drop_notify_trigger(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DROP_NOTIFY)
 
 
 class Migration(migrations.Migration):
@@ -117,5 +90,4 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.RunPython(mark_applied, migrations.RunPython.noop),
-        migrations.RunPython(add_notify_trigger, drop_notify_trigger),
     ]
