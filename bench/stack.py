@@ -56,8 +56,8 @@ def environment(database_url: str, var_dir: Path, **extra: str) -> dict[str, str
         SECRET_KEY=development_keys.SECRET_KEY,
         FIELD_ENCRYPTION_KEYS=development_keys.FIELD_ENCRYPTION_KEY,
         DATABASE_URL=database_url,
-        CELERY_BROKER_URL=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"),
-        CACHE_URL=os.environ.get("BENCH_CACHE_URL", "redis://127.0.0.1:6379/1"),
+        CELERY_BROKER_URL=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13"),
+        CACHE_URL=os.environ.get("BENCH_CACHE_URL", "redis://127.0.0.1:6379/14"),
         LOG_LEVEL="WARNING",
         OUTBOUND_ALLOW_PRIVATE_NETWORKS="true",  # the fake CRM listens on loopback
         PYTHONPATH=str(ROOT),

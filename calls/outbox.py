@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
@@ -257,13 +258,37 @@ def release(job_ids: Sequence[int], owner: str) -> None:
     )
 
 
+BACKLOG_KEY = "outbox:backlog"
+
+
+def mark_backlog(backlog: bool) -> None:
+    """Remember (shared cache, a few seconds) whether the last relay pass left due jobs behind for lack of
+    capacity: only then does a finished task run a pass of its own (has_backlog). A cache outage costs only
+    that shortcut."""
+    try:
+        if backlog:
+            cache.set(BACKLOG_KEY, 1, 10)
+        else:
+            cache.delete(BACKLOG_KEY)
+    except Exception as exc:
+        logger.warning("relay: backlog flag not stored: %s", exc)
+
+
+def has_backlog() -> bool:
+    try:
+        return bool(cache.get(BACKLOG_KEY))
+    except Exception:
+        return True  # without the cache, refilling is the safe side
+
+
 def relay(publish: Callable[[str, list[int]], Any], expire: bool = True) -> int:
     """One relay pass: expire, claim, and hand each claim to a Celery task. Returns how many jobs went out.
 
     Backpressure: a pass claims no more than the free capacity, OUTBOX_MAX_IN_FLIGHT minus the claims still
     leased (published, queued or running), so a backlog after an outage is fed to the broker as fast as the
     workers take it and a queued claim is never claimed twice while its lease runs. Besides beat's pass every
-    1.5 s, every finished task runs a pass (calls.tasks.send_jobs), so a busy pipeline refills itself.
+    1.5 s, a finished task runs a pass when the last one left due jobs behind (calls.tasks.send_jobs,
+    has_backlog), so a busy pipeline refills itself without costing every task a pass.
 
     `publish(owner, job_ids)` sends the task; when the broker refuses, the lease is released so the next pass
     tries again instead of waiting for the lease to run out.
@@ -273,9 +298,12 @@ def relay(publish: Callable[[str, list[int]], Any], expire: bool = True) -> int:
         expire_due_jobs(now)
     free = settings.OUTBOX_MAX_IN_FLIGHT - in_flight(now)
     if free <= 0:
+        mark_backlog(True)
         return 0
     sent = 0
     claims = claim_due(min(CLAIM_LIMIT * 25, free * 50), now, max_claims=free)
+    # Capacity used up (or more due than one pass fetches): finished tasks should refill at once.
+    mark_backlog(len(claims) >= free or sum(len(c.job_ids) for c in claims) >= CLAIM_LIMIT * 25)
     for index, claimed in enumerate(claims):
         try:
             publish(claimed.owner, claimed.job_ids)
@@ -337,13 +365,14 @@ def _expire_if_stale(job: OutboundJob, now: dt.datetime) -> bool:
     return True
 
 
-def run_claim(owner: str, job_ids: Sequence[int]) -> None:
+def run_claim(owner: str, job_ids: Sequence[int]) -> bool:
     """Perform the jobs a relay claimed under `owner`. A stale or repeated message finds no lease and does
-    nothing, which makes the task idempotent."""
+    nothing, which makes the task idempotent. True when a job of the same call and connection waited for these
+    (an ordered successor, e.g. WireCRM's NOTIFY_INTERNAL after NOTIFY_START) and is due now."""
     now = timezone.now()
     jobs = [job for job in _leased(job_ids, owner) if not _expire_if_stale(job, now)]
     if not jobs:
-        return
+        return False
     started = time.monotonic()
     started_at = timezone.now()
     connection = jobs[0].connection
@@ -362,6 +391,15 @@ def run_claim(owner: str, job_ids: Sequence[int]) -> None:
     duration_ms = int((time.monotonic() - started) * 1000)
     for job in jobs:
         record_result(job, results.get(job.pk, RuntimeError("no result")), started_at, duration_ms, len(jobs))
+    calls = {job.call_id for job in jobs if job.call_id and job.ordered}
+    return bool(calls) and (
+        OutboundJob.objects.filter(
+            status=OutboundJob.PENDING,
+            call_id__in=calls,
+            connection_ref=jobs[0].connection_ref,
+            next_attempt_at__lte=timezone.now(),
+        ).exists()
+    )
 
 
 def record_result(
