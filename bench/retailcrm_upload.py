@@ -71,6 +71,7 @@ from django.db import models  # noqa: E402
 API_KEY = "bench-retailcrm-key-0123456789"
 UPLOAD_PATH = "/api/v5/telephony/calls/upload"
 BATCH = 50
+WORKER_OPTIONS = os.environ.get("BENCH_WORKER_OPTIONS", "").split()
 
 
 # --------------------------------------------------------------------------------------------- the fake CRM
@@ -330,7 +331,9 @@ def drive_pipeline(crm: Any, fake: FakeRetailCrm, timeout: float) -> dict[str, A
     env = dict(os.environ)
     started = time.monotonic()
     try:
-        processes.start("worker", ["-m", "celery", "-A", "portal", "worker", "-l", "warning"], env)
+        processes.start(
+            "worker", ["-m", "celery", "-A", "portal", "worker", "-l", "warning", *WORKER_OPTIONS], env
+        )
         processes.start(
             "beat",
             ["-m", "celery", "-A", "portal", "beat", "-l", "warning", "-s", str(_RUN_DIR / "beat")],
