@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets as pysecrets
 
+from django.conf import settings
 from django.core import signing
 from django.db import models
 from django.utils import timezone
@@ -264,9 +265,8 @@ class Recording(models.Model):
 
     @property
     def public_url(self) -> str:
-        from integrations.providers.base import public_base_url
-
-        return f"{public_base_url()}/records/{self.token}"
+        # From the setting itself: models import no provider code (STYLE.md item 16).
+        return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/records/{self.token}"
 
 
 class OutboundJob(models.Model):
