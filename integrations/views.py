@@ -39,18 +39,22 @@ def _now() -> float:
     return time.time()
 
 
-# Connections resolved by earlier requests of this process: (model, provider, public id) → (the row as the
-# database returned it, the instance). Every request still reads the row (one plain SELECT, no ORM query
-# building, no decryption): an unchanged row reuses the instance, any change in the connection or its tenant
-# (settings, secrets, active) loads it again. Instances are only read by the webhook path.
+# Connections resolved by earlier requests of this process: (model, provider, public id) → (a digest of the
+# connection's and its tenant's rows, the instance). Every request still asks the database (one plain SELECT of
+# that digest: no ORM query building, no decryption, one short value to read): an unchanged digest reuses the
+# instance, any change in the connection or its tenant (settings, secrets, active) loads it again. Instances are
+# only read by the webhook path.
 _RESOLVED: dict[tuple[type, str, str], tuple[tuple[Any, ...], Any]] = {}
 _RESOLVED_LIMIT = 2000
 
 
 def active_connection(model: type[PbxConnection | CrmConnection], key: str, public_id: str) -> Any:
     """The active connection of an active tenant behind an inbound URL, or None."""
+    digest = (
+        "md5(CAST(c.* AS text) || CAST(t.* AS text))" if db_connection.vendor == "postgresql" else "c.*, t.*"
+    )
     sql = (
-        f"SELECT c.*, t.* FROM {model._meta.db_table} c JOIN {Tenant._meta.db_table} t ON t.id = c.tenant_id"  # noqa: S608 - table names are ours, values parameters
+        f"SELECT {digest} FROM {model._meta.db_table} c JOIN {Tenant._meta.db_table} t ON t.id = c.tenant_id"  # noqa: S608 - table names are ours, values parameters
         " WHERE c.provider = %s AND c.public_id = %s AND c.active AND t.active"
     )
     with db_connection.cursor() as cursor:
