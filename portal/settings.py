@@ -220,7 +220,7 @@ WEBHOOK_AUTH_FAILURE_THROTTLE = _rate(
 )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "portal.apps.CallbridgeAdminConfig",  # django.contrib.admin, with the tenant dashboard as its index
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -242,10 +242,15 @@ MIDDLEWARE = [
     "portal.metrics.WebhookMetricsMiddleware",
     "portal.logs.LogContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves collectstatic's files from the web process itself: one container needs no proxy rule for them.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Times shown to a tenant's staff are in the tenant's zone (integrations/localtime.py).
+    "integrations.localtime.TenantTimeZoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a lockout into its 429 page.
@@ -385,16 +390,24 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-LANGUAGE_CODE = "en-us"
+# The admin speaks Russian by default; English is one click away (the switch in the admin's header). What is
+# sent to providers and written to logs is never translated (docs/admin.md).
+LANGUAGE_CODE = "ru"
+LANGUAGES = [("ru", "Русский"), ("en", "English")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# The project's own static files: the admin's scripts and the vendored, pinned chart library (static/vendor/).
+STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # WhiteNoise serves what collectstatic gathered, gzip-compressed; no manifest, so a test run or a
+    # checkout without collectstatic still renders pages.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
     "recordings": {
         "BACKEND": RECORDINGS_STORAGE_BACKEND,
         "OPTIONS": (

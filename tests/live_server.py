@@ -64,7 +64,11 @@ def gunicorn(tmp_path: Path, workers: int = 2, **variables: str) -> Iterator[str
     # The server's database cache needs its table in the test database (the test process may cache in Redis,
     # in which case nothing created it).
     subprocess.run(
-        [sys.executable, "manage.py", "createcachetable"], cwd=BASE_DIR, env=environment, check=True, timeout=120
+        [sys.executable, "manage.py", "createcachetable"],
+        cwd=BASE_DIR,
+        env=environment,
+        check=True,
+        timeout=120,
     )
     command = [sys.executable, "-m", "gunicorn", "portal.wsgi", "-k", "gthread", "--threads", "4"]
     command += ["-w", str(workers), "-b", f"127.0.0.1:{port}", "--timeout", "60"]
