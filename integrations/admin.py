@@ -26,8 +26,9 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.module_loading import import_string
 from django.utils.safestring import SafeString
+from django.utils.translation import gettext_lazy as _
 
-from integrations import directory
+from integrations import background, settings_form
 from integrations.admin_scoping import (
     SameTenantInlineFormSet,
     TenantScopedAdminMixin,
@@ -36,6 +37,7 @@ from integrations.admin_scoping import (
 )
 from integrations.crm_sync import request_crm_sync
 from integrations.invitations import EmailMembershipForm, announce
+from integrations.localtime import tenant_time
 from integrations.models import (
     Connection,
     CrmConnection,
@@ -278,16 +280,49 @@ class ConnectionForm(forms.ModelForm):
     """Base of the per-provider connection forms built by connection_form_class()."""
 
     slots: ClassVar[list[SecretSlot]] = []
+    # The provider whose settings fields the form carries ("" = not chosen yet: the JSON editor alone).
+    provider_key: ClassVar[str] = ""
+    schema: ClassVar[tuple[Field, ...]] = ()
 
     settings = PrettyJSONField(
+        label=_("Settings as JSON"),
         required=False,
         widget=forms.Textarea(attrs={"rows": 8, "cols": 80, "class": "vLargeTextField"}),
-        help_text="A JSON object; keys the provider does not know are refused, missing ones take defaults.",
+        help_text=_(
+            "A JSON object; keys the provider does not know are refused, missing ones take defaults."
+        ),
     )
+    settings_as_json = forms.BooleanField(
+        label=_("Edit the settings as JSON (advanced)"),
+        required=False,
+        help_text=_("When ticked, the JSON below is saved and the fields above are ignored."),
+    )
+
+    @property
+    def uses_generated_settings(self) -> bool:
+        """The generated fields are saved unless the admin ticked "advanced", or posted none of them (a form
+        posted as before the fields existed: its JSON is the settings)."""
+        if not self.provider_key or self.cleaned_data.get("settings_as_json"):
+            return False
+        return any(name.startswith(settings_form.SETTING_PREFIX) for name in self.data)
+
+    def _update_errors(self, errors: ValidationError) -> None:
+        """The model's own settings checks (credential URLs must be https) name a key: shown at its field."""
+        if self.uses_generated_settings and hasattr(errors, "error_dict") and "settings" in errors.error_dict:
+            for error in errors.error_dict.pop("settings"):
+                for message in error.messages:
+                    key = message.split(":", 1)[0].removeprefix("settings.")
+                    target = settings_form.SETTING_PREFIX + key
+                    self.add_error(target if target in self.fields else None, message)
+        super()._update_errors(errors)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.generated: list[str] = []
+        if self.provider_key:
+            stored_settings = self.instance.settings if self.instance.pk else {}
+            for name, value in settings_form.initial_values(self.schema, stored_settings or {}).items():
+                self.initial.setdefault(name, value)
         stored = self.instance.secrets if self.instance.pk else {}
         for slot in self.slots:
             secret_field = self.fields.get(SECRET_PREFIX + slot.name)
@@ -309,11 +344,18 @@ class ConnectionForm(forms.ModelForm):
         if value in (None, ""):
             return {}
         if not isinstance(value, dict):
-            raise ValidationError("Settings must be a JSON object.")
+            raise ValidationError(_("Settings must be a JSON object."))
         return value
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        if self.uses_generated_settings:
+            # The generated fields are the settings; anything else stored (a key from an older version) is
+            # refused by the schema as it would be in the JSON editor.
+            data, errors = settings_form.collect(self.schema, cleaned)
+            for name, message in errors.items():
+                self.add_error(name, message)
+            cleaned["settings"] = data
         provider = cleaned.get("provider") or self.instance.provider
         if provider not in REGISTRY:
             return cleaned  # the provider field carries the error
@@ -354,6 +396,10 @@ def connection_form_class(
     model: type[Connection], slots: list[SecretSlot], provider: str | None
 ) -> type[ConnectionForm]:
     attrs: dict[str, Any] = {"slots": slots, "__module__": __name__}
+    if provider in REGISTRY:
+        attrs["provider_key"] = provider
+        attrs["schema"] = provider_class(provider).settings_fields
+        attrs.update(settings_form.settings_fields(attrs["schema"]))
     for slot in slots:
         label = slot.name
         if provider is None:
@@ -417,28 +463,63 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             else ""
         )
 
-    def slots_for(self, obj: Connection | None) -> list[SecretSlot]:
-        return secret_slots(self.model.SIDE, obj.provider if obj is not None else None)
+    def chosen_provider(self, request: HttpRequest | None, obj: Connection | None) -> str | None:
+        """The connection's provider; on the add page, the one picked (?provider=, or the posted form)."""
+        if obj is not None:
+            return obj.provider
+        if request is None:
+            return None
+        # The add page reloads with ?provider= once one is picked; its form posts back to the same address.
+        wanted = request.GET.get("provider", "")
+        return wanted if SIDES.get(wanted) == self.model.SIDE else None
+
+    def slots_for(self, obj: Connection | None, request: HttpRequest | None = None) -> list[SecretSlot]:
+        return secret_slots(self.model.SIDE, self.chosen_provider(request, obj))
 
     def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None) -> list[Any]:
         writable = self.has_change_permission(request, obj) if obj else self.has_add_permission(request)
+        provider = self.chosen_provider(request, obj)
         if writable:
             secret_fields: list[str] = []
-            for slot in self.slots_for(obj):
+            for slot in self.slots_for(obj, request):
                 secret_fields.append(SECRET_PREFIX + slot.name)
                 if slot.issued:
                     secret_fields.append(GENERATE_PREFIX + slot.name)
         else:
             secret_fields = ["secrets_status"]
-        providers = [obj.provider] if obj else [k for k, s in SIDES.items() if s == self.model.SIDE]
+        providers = [provider] if provider else [k for k, s in SIDES.items() if s == self.model.SIDE]
         settings_help = format_html_join(
             "",
             "<p><strong>{}</strong>: {}</p>",
-            ((LABELS[p], describe_fields(provider_class(p).settings_fields) or "none") for p in providers),
+            ((LABELS[p], describe_fields(provider_class(p).settings_fields) or "—") for p in providers),
         )
+        if writable and provider:
+            generated = [
+                settings_form.SETTING_PREFIX + f.name for f in provider_class(provider).settings_fields
+            ]
+            settings_sets: list[Any] = [
+                (_("Settings"), {"fields": generated}),
+                (
+                    _("Settings as JSON (advanced)"),
+                    {
+                        "fields": ["settings_as_json", "settings"],
+                        "classes": ["collapse"],
+                        "description": settings_help,
+                    },
+                ),
+            ]
+        else:
+            description = settings_help
+            if writable:
+                description = format_html(
+                    "<p>{}</p>{}",
+                    _("Pick the provider first: its settings then appear as form fields."),
+                    settings_help,
+                )
+            settings_sets = [(_("Settings"), {"fields": ["settings"], "description": description})]
         fieldsets: list[Any] = [
             (None, {"fields": list(self.main_fields)}),
-            ("Settings", {"fields": ["settings"], "description": settings_help}),
+            *settings_sets,
             (
                 "Secrets",
                 {
@@ -461,8 +542,8 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     def get_form(
         self, request: HttpRequest, obj: Connection | None = None, change: bool = False, **kwargs: Any
     ):
-        provider = obj.provider if obj is not None else None
-        kwargs["form"] = connection_form_class(self.model, self.slots_for(obj), provider)
+        provider = self.chosen_provider(request, obj)
+        kwargs["form"] = connection_form_class(self.model, self.slots_for(obj, request), provider)
         return super().get_form(request, obj, change=change, **kwargs)
 
     def save_model(self, request: HttpRequest, obj: Connection, form: Any, change: bool) -> None:
@@ -518,6 +599,11 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                 name="{}_{}_regenerate_secret".format(*info),
             ),
             path(
+                "<path:object_id>/operations/<str:kind>/",
+                self.admin_site.admin_view(self.operation_view),
+                name="{}_{}_operation".format(*info),
+            ),
+            path(
                 "<path:object_id>/provider-page/",
                 self.admin_site.admin_view(self.provider_page_view),
                 name="{}_{}_provider_page".format(*info),
@@ -548,6 +634,8 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         obj: Connection | None = None,
     ) -> HttpResponse:
         context["issued_secret_tools"] = self.issued_secret_tools(request, obj) if obj is not None else []
+        if obj is not None:
+            context["background"] = self.background_panel(request, obj)
         if obj is not None and obj.provider_cls.admin_page:
             info = self.opts.app_label, self.opts.model_name
             context["provider_page"] = {
@@ -555,6 +643,78 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                 "title": obj.provider_cls.admin_page_title or "Provider page",
             }
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # ---- background operations: Test connection, directory import, the provider's own ----
+    def background_panel(self, request: HttpRequest, obj: Connection) -> dict[str, Any]:
+        """The connection page's operations: a button each (for those who may operate) and the latest run of
+        each with its progress or result and time. What a private host answered stays hidden from tenant staff."""
+        info = self.opts.app_label, self.opts.model_name
+        may_run = self.has_operate_permission(request) and bool(
+            self.operable_queryset(request, self.model.objects.filter(pk=obj.pk)).exists()
+        )
+        hidden = not is_superuser(request) and obj.reaches_private_network()
+        latest = {op.kind: op for op in background.latest(obj)}
+        rows = []
+        for kind in background.kinds_for(obj):
+            operation = latest.get(kind)
+            rows.append(
+                {
+                    "kind": kind,
+                    "label": background.label(kind),
+                    "url": reverse("admin:{}_{}_operation".format(*info), args=[obj.pk, kind]),
+                    "operation": operation,
+                    "when": tenant_time(
+                        operation and (operation.finished_at or operation.created_at),
+                        obj.tenant,
+                        seconds=True,
+                    ),
+                    "hidden": hidden,
+                }
+            )
+        return {
+            "rows": rows,
+            "may_run": may_run,
+            "busy": any(r["operation"] and not r["operation"].finished for r in rows),
+            "receive_only": not obj.provider_cls.check_sends_request,
+        }
+
+    def operation_view(self, request: HttpRequest, object_id: str, kind: str) -> HttpResponse:
+        obj = self.get_object(request, unquote(object_id))  # None outside the user's tenants
+        if obj is None:
+            raise Http404
+        if request.method != "POST":
+            return HttpResponseRedirect(
+                reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk])
+            )
+        if not self.operable_queryset(request, self.model.objects.filter(pk=obj.pk)).exists():
+            raise PermissionDenied
+        if kind not in background.kinds_for(obj):
+            raise Http404
+        background.queue(obj, kind, request.user)
+        self.message_user(
+            request,
+            _("%(operation)s queued: the result appears on this page in a few seconds.")
+            % {"operation": background.label(kind)},
+        )
+        return HttpResponseRedirect(
+            reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk])
+        )
+
+    def queue_for_selected(self, request: HttpRequest, queryset: QuerySet, kind: str) -> None:
+        queued = 0
+        for connection in self.operable_queryset(request, queryset).select_related("tenant"):
+            if kind in background.kinds_for(connection):
+                background.queue(connection, kind, request.user)
+                queued += 1
+        self.message_user(
+            request,
+            _("%(operation)s queued for %(count)s connection(s): each connection's page shows the result.")
+            % {"operation": background.label(kind), "count": queued},
+        )
+
+    @admin.action(description=_("Test connection"), permissions=["operate"])
+    def test_connection(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self.queue_for_selected(request, queryset, background.CHECK)
 
     def provider_page_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The provider's own page for one connection (Provider.admin_page), e.g. the sandbox CRM's inbox."""
@@ -626,7 +786,7 @@ def announce_token(request: HttpRequest, obj: Connection, name: str) -> None:
 
 @admin.register(PbxConnection)
 class PbxConnectionAdmin(ConnectionAdmin):
-    actions = ["import_extensions", "send_test_call"]
+    actions = ["test_connection", "import_extensions", "send_test_call"]
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         """The "Send test call" action is offered only where the user sees a PBX connection that plays them."""
@@ -658,23 +818,17 @@ class PbxConnectionAdmin(ConnectionAdmin):
                 continue
             self.message_user(request, f"{connection}: {report}")
 
-    @admin.action(description="Import extensions from PBX", permissions=["operate"])
+    @admin.action(description=_("Import extensions from PBX"), permissions=["operate"])
     def import_extensions(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for connection in self.operable_queryset(request, queryset).select_related("tenant"):
-            try:
-                report = directory.import_extensions(connection)
-            except Exception as exc:  # ProviderError / OutboundError: the PBX could not be asked
-                self.message_user(
-                    request, f"{connection}: the PBX directory could not be read: {exc}", messages.ERROR
-                )
-                continue
-            self.message_user(request, f"{connection}: {directory.describe(report)}")
+        # Up to ~13 s per PBX request: a worker runs it (integrations/background.py).
+        self.queue_for_selected(request, queryset, background.IMPORT_EXTENSIONS)
 
 
 @admin.register(CrmConnection)
 class CrmConnectionAdmin(ConnectionAdmin):
     list_display = ("__str__", "tenant", "provider", "priority", "active", "error_flag")
     main_fields = ("tenant", "key", "provider", "active", "priority")
+    actions = ["test_connection"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
         return [*super().get_readonly_fields(request, obj), "crm_proposals_display"]
@@ -702,22 +856,16 @@ class CrmConnectionAdmin(ConnectionAdmin):
         for key, side in SIDES.items():
             if side != CRM:
                 continue
-            for name, (description, dotted) in provider_class(key).admin_operations.items():
+            for name, (description, _dotted) in provider_class(key).admin_operations.items():
                 action_name = f"{key}_{name}"
                 label = f"{LABELS[key]}: {description}"
-                actions[action_name] = (self._operation(key, dotted), action_name, label)
+                actions[action_name] = (self._operation(key, name), action_name, label)
         return actions
 
-    def _operation(self, provider: str, dotted: str) -> Any:
+    def _operation(self, provider: str, name: str) -> Any:
         def run(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> None:
-            operation = import_string(dotted)
-            for connection in self.operable_queryset(request, queryset).filter(provider=provider):
-                try:
-                    report = operation(connection)
-                except Exception as exc:  # ProviderError / OutboundError: shown, and flagged by the provider
-                    self.message_user(request, f"{connection}: {exc}", messages.ERROR)
-                    continue
-                self.message_user(request, f"{connection}: {report}")
+            # Each is one or more provider requests: a worker runs them (integrations/background.py).
+            self.queue_for_selected(request, queryset.filter(provider=provider), f"{provider}:{name}")
 
         return run
 

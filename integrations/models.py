@@ -14,6 +14,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from integrations.crypto import EncryptedJSONField
 from integrations.phones import InvalidPhone, to_e164
@@ -418,3 +419,53 @@ class ExternalPhoneSiteCode(models.Model):
 
     def __str__(self) -> str:
         return f"{self.crm_connection.key}: {self.code}"
+
+
+class ConnectionOperation(models.Model):
+    """One admin operation on a connection run by a worker, not inside the request: "Test connection", the
+    PBX directory import, a CRM's own operations (RetailCRM register / read back). The connection page shows
+    the latest of each kind with its progress, result and time (integrations/background.py)."""
+
+    QUEUED, RUNNING, OK, FAILED = "queued", "running", "ok", "failed"
+    STATUSES = [
+        (QUEUED, _("queued")),
+        (RUNNING, _("running")),
+        (OK, _("done")),
+        (FAILED, _("failed")),
+    ]
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="connection_operations")
+    pbx_connection = models.ForeignKey(
+        PbxConnection, null=True, blank=True, on_delete=models.CASCADE, related_name="operations"
+    )
+    crm_connection = models.ForeignKey(
+        CrmConnection, null=True, blank=True, on_delete=models.CASCADE, related_name="operations"
+    )
+    kind = models.CharField(_("operation"), max_length=60)
+    status = models.CharField(_("status"), max_length=10, choices=STATUSES, default=QUEUED)
+    progress = models.CharField(_("progress"), max_length=200, blank=True)
+    summary = models.TextField(_("result"), blank=True)
+    detail = models.TextField(_("provider's answer"), blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(_("requested at"), default=timezone.now)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("connection operation")
+        verbose_name_plural = _("connection operations")
+        indexes = [models.Index(fields=["status", "created_at"], name="operation_queue_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.connection} ({self.status})"
+
+    @property
+    def connection(self) -> PbxConnection | CrmConnection:
+        return self.crm_connection if self.crm_connection_id else self.pbx_connection
+
+    @property
+    def finished(self) -> bool:
+        return self.status in {self.OK, self.FAILED}

@@ -226,6 +226,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.forms",  # widget templates of the project's own (templates/admin/callbridge/map_widget.html)
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -273,6 +274,7 @@ AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
 AXES_VERBOSE = False
 
 ROOT_URLCONF = "portal.urls"
+FORM_RENDERER = "django.forms.renderers.TemplatesSetting"
 WSGI_APPLICATION = "portal.wsgi.application"
 
 TEMPLATES = [
@@ -381,6 +383,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "outbox-relay": {"task": "calls.tasks.relay", "schedule": schedule(1.5)},
     "periodic-jobs": {"task": "calls.tasks.run_periodic", "schedule": schedule(60)},
     "recordings-retention": {"task": "calls.tasks.purge_expired_recordings", "schedule": schedule(24 * 3600)},
+    # Admin operations (Test connection, directory import) whose message was lost: run by the sweep.
+    "connection-operations": {
+        "task": "integrations.tasks.sweep_connection_operations",
+        "schedule": schedule(60),
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [

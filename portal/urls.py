@@ -3,7 +3,6 @@ from django.urls import include, path
 
 from portal import health, metrics
 
-
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

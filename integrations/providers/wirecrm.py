@@ -34,6 +34,7 @@ from integrations.http import OutboundError
 from integrations.phones import digits_only
 from integrations.providers.base import (
     FINAL,
+    CheckResult,
     CrmProvider,
     Field,
     JobKind,
@@ -358,6 +359,30 @@ class WireCrmProvider(CrmProvider):
         if not fields.get("internal"):
             fields.pop("internal", None)
         return fields
+
+    # WireCRM only receives our NOTIFY_* messages: any request to webhook_url would be taken as a call event.
+    check_sends_request = False
+
+    def check_connection(self) -> CheckResult:
+        """No harmless request exists (every POST to webhook_url is a call event), so check what can be
+        checked without sending: the URL, its DNS name and, for https, the TLS certificate."""
+        from integrations import http
+
+        url = self.secrets.get("webhook_url")
+        if not url:
+            return CheckResult(False, "webhook_url is not set")
+        try:
+            found = http.probe(url)
+        except OutboundError as exc:
+            return CheckResult(False, f"WireCRM's webhook_url cannot be reached: {exc}")
+        detail = f"addresses: {', '.join(found.addresses)}"
+        if found.tls:
+            detail += f"; certificate: {found.certificate_subject}, valid until {found.certificate_expires}"
+        return CheckResult(
+            True,
+            "URL, DNS and TLS checked; WireCRM offers no harmless request, so no message was sent",
+            detail,
+        )
 
     def _send(self, fields: dict[str, str], timeout: Any = None) -> Any:
         url = self.secrets.get("webhook_url")
