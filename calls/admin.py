@@ -24,6 +24,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.translation import gettext_lazy as _
 
 from calls import outbox, recordings, services
 from calls.models import (
@@ -43,6 +44,7 @@ from integrations.admin_scoping import (
     is_superuser,
     readable_tenant_ids,
 )
+from integrations.localtime import tenant_time
 from integrations.models import Tenant
 from integrations.phones import is_extension
 
@@ -204,7 +206,7 @@ class OutboundJobInline(ReadOnlyTenantInline):
 class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     writable = False
     list_display = (
-        "started_at",
+        "started_local",
         "direction",
         "client_phone",
         "external_phone",
@@ -294,6 +296,11 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         if is_extension(term):
             condition |= extension_condition(term)
         return queryset.filter(condition), False
+
+    @admin.display(description=_("Started"), ordering="started_at")
+    def started_local(self, obj: Call) -> str:
+        """In the call's tenant's zone; named when the page is read in another zone (users of several tenants)."""
+        return tenant_time(obj.started_at, obj.tenant, seconds=True)
 
     @admin.display(description="Extension")
     def extension(self, obj: Call) -> str:
