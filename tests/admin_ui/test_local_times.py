@@ -4,7 +4,6 @@ share one zone; per row, with the zone named, for users of tenants in several zo
 from __future__ import annotations
 
 import datetime as dt
-
 import zoneinfo
 
 import pytest

@@ -8,7 +8,6 @@ import pytest
 import responses
 
 from integrations import background
-
 from integrations.models import Extension
 from tests.factories import MembershipFactory, PbxConnectionFactory, TenantFactory, UserFactory
 
