@@ -80,22 +80,22 @@ def find_user(identifier: str) -> Any:
         return user
     by_email = list(User.objects.filter(email__iexact=identifier)[:2])
     if len(by_email) > 1:
-        raise ValidationError("Several users have this e-mail address: give the username.")
+        raise ValidationError(_("Several users have this e-mail address: give the username."))
     if not by_email:
-        raise ValidationError("No user with this username or e-mail address.")
+        raise ValidationError(_("No user with this username or e-mail address."))
     return by_email[0]
 
 
 class MembershipForm(forms.ModelForm):
     user_lookup = forms.CharField(
-        label="Existing user",
+        label=_("Existing user"),
         required=False,
-        help_text="Username or e-mail address of someone who already has a login.",
+        help_text=_("Username or e-mail address of someone who already has a login."),
     )
-    new_username = forms.CharField(label="Or a new user: username", required=False, max_length=150)
-    new_email = forms.EmailField(label="New user's e-mail", required=False)
+    new_username = forms.CharField(label=_("Or a new user: username"), required=False, max_length=150)
+    new_email = forms.EmailField(label=_("New user's e-mail"), required=False)
     new_password = forms.CharField(
-        label="New user's password",
+        label=_("New user's password"),
         required=False,
         strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
@@ -121,9 +121,9 @@ class MembershipForm(forms.ModelForm):
         lookup = (cleaned.get("user_lookup") or "").strip()
         username = (cleaned.get("new_username") or "").strip()
         if lookup and username:
-            raise ValidationError("Either name an existing user or create a new one, not both.")
+            raise ValidationError(_("Either name an existing user or create a new one, not both."))
         if not lookup and not username:
-            raise ValidationError("Name an existing user (username or e-mail) or create a new one.")
+            raise ValidationError(_("Name an existing user (username or e-mail) or create a new one."))
         if lookup:
             try:
                 user = find_user(lookup)
@@ -132,7 +132,11 @@ class MembershipForm(forms.ModelForm):
                 return cleaned
             tenant = cleaned.get("tenant") or (self.instance.tenant if self.instance.tenant_id else None)
             if tenant is not None and TenantMembership.objects.filter(tenant=tenant, user=user).exists():
-                self.add_error("user_lookup", f"{user.get_username()} is already a member of {tenant}.")
+                self.add_error(
+                    "user_lookup",
+                    _("%(user)s is already a member of %(tenant)s.")
+                    % {"user": user.get_username(), "tenant": tenant},
+                )
                 return cleaned
             self.instance.user = user
             return cleaned
@@ -147,11 +151,11 @@ class MembershipForm(forms.ModelForm):
         except ValidationError as exc:
             self.add_error("new_username", exc)
         if User.objects.filter(username__iexact=username).exists():
-            self.add_error("new_username", "This username is taken: add the existing user instead.")
+            self.add_error("new_username", _("This username is taken: add the existing user instead."))
         if not email:
-            self.add_error("new_email", "A new user needs an e-mail address.")
+            self.add_error("new_email", _("A new user needs an e-mail address."))
         if not password:
-            self.add_error("new_password", "A new user needs a password.")
+            self.add_error("new_password", _("A new user needs a password."))
         else:
             try:
                 password_validation.validate_password(password, User(username=username, email=email))
@@ -185,7 +189,7 @@ class MembershipFormSet(SameTenantInlineFormSet):
                 continue
             key = getattr(form, "member_key", "")
             if key and key in seen:
-                raise ValidationError("The same user appears twice.")
+                raise ValidationError(_("The same user appears twice."))
             seen.add(key)
 
 
@@ -196,7 +200,7 @@ class MembershipInline(TenantScopedInlineMixin, admin.TabularInline):
     fields = ("user_display", "role", "user_lookup", "new_username", "new_email", "new_password")
     readonly_fields = ("user_display",)
     extra = 0
-    verbose_name_plural = "Members (admins configure this tenant, support reads its call history)"
+    verbose_name_plural = _("Members (admins configure this tenant, support reads its call history)")
 
     def get_formset(self, request: HttpRequest, obj: Model | None = None, **kwargs: Any) -> Any:
         # Superusers find anyone (username or e-mail) or create a login with a password; tenant admins add by
@@ -211,7 +215,7 @@ class MembershipInline(TenantScopedInlineMixin, admin.TabularInline):
             return ("user_display", "role", "email")
         return super().get_fields(request, obj)
 
-    @admin.display(description="User")
+    @admin.display(description=_("User"))
     def user_display(self, obj: TenantMembership) -> str:
         return member_label(obj)
 
@@ -328,16 +332,16 @@ class ConnectionForm(forms.ModelForm):
             secret_field = self.fields.get(SECRET_PREFIX + slot.name)
             is_stored = bool(stored.get(slot.name))
             if secret_field is not None:
-                state = "Stored; leave blank to keep it." if is_stored else "Not set."
+                state = str(_("Stored; leave blank to keep it.") if is_stored else _("Not set."))
                 if slot.issued:
-                    state += ' Type "generate" or tick the box below for a new token.'
+                    state += " " + str(_('Type "generate" or tick the box below for a new token.'))
                 secret_field.help_text = state
             generate_field = self.fields.get(GENERATE_PREFIX + slot.name)
             if generate_field is not None:
                 # A connection without its token cannot authenticate its provider: offer one by default.
                 generate_field.initial = not is_stored
                 if is_stored:
-                    generate_field.help_text = "The current token stops working at once."
+                    generate_field.help_text = _("The current token stops working at once.")
 
     def clean_settings(self) -> dict[str, Any]:
         value = self.cleaned_data.get("settings")
@@ -369,7 +373,9 @@ class ConnectionForm(forms.ModelForm):
             if slot.name not in own:
                 if typed:
                     self.add_error(
-                        SECRET_PREFIX + slot.name, f"{LABELS[provider]} has no secret {slot.name}."
+                        SECRET_PREFIX + slot.name,
+                        _("%(provider)s has no secret %(name)s.")
+                        % {"provider": LABELS[provider], "name": slot.name},
                     )
                 continue
             if wants_new and own[slot.name].issued:
@@ -378,7 +384,8 @@ class ConnectionForm(forms.ModelForm):
             elif typed == GENERATE:
                 self.add_error(
                     SECRET_PREFIX + slot.name,
-                    f"{LABELS[provider]} issues {slot.name} itself: paste the value from its cabinet.",
+                    _("%(provider)s issues %(name)s itself: paste the value from its cabinet.")
+                    % {"provider": LABELS[provider], "name": slot.name},
                 )
             elif typed:
                 secrets[slot.name] = typed
@@ -412,16 +419,16 @@ def connection_form_class(
         )
         if slot.issued:
             attrs[GENERATE_PREFIX + slot.name] = forms.BooleanField(
-                label=f"Generate a new {slot.name}", required=False
+                label=_("Generate a new %(name)s") % {"name": slot.name}, required=False
             )
     return type(f"{model.__name__}Form", (ConnectionForm,), attrs)
 
 
 def secrets_help(writable: bool, new: bool) -> str:
     if not writable:
-        return "Secrets are encrypted at rest and never shown; this lists which ones are stored."
-    text = "Secrets are encrypted and never shown in this form. A blank field keeps the stored value."
-    return text + (" Fill in only the secrets of the provider you chose." if new else "")
+        return _("Secrets are encrypted at rest and never shown; this lists which ones are stored.")
+    text = str(_("Secrets are encrypted and never shown in this form. A blank field keeps the stored value."))
+    return text + (" " + str(_("Fill in only the secrets of the provider you chose.")) if new else "")
 
 
 class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
@@ -449,16 +456,16 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "allowed_networks":
             return CommaListField(
-                required=False, label="Allowed private networks", help_text=db_field.help_text
+                required=False, label=_("Allowed private networks"), help_text=db_field.help_text
             )
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
-    @admin.display(description="Last error")
+    @admin.display(description=_("Last error"))
     def last_error_hidden(self, obj: Connection) -> str:
         # What a private host answered is not shown to tenant staff: the portal must not become a way to read
         # an intranet service.
         return (
-            "An error occurred (hidden: the target is on a private network; the operator sees it)."
+            _("An error occurred (hidden: the target is on a private network; the operator sees it).")
             if (obj.last_error)
             else ""
         )
@@ -521,22 +528,22 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             (None, {"fields": list(self.main_fields)}),
             *settings_sets,
             (
-                "Secrets",
+                _("Secrets"),
                 {
                     "fields": secret_fields,
                     "description": secrets_help(writable, new=obj is None),
                 },
             ),
         ]
-        fieldsets.append(("Network", {"fields": ["allowed_networks"]}))
+        fieldsets.append((_("Network"), {"fields": ["allowed_networks"]}))
         if obj is not None:
-            fieldsets.append(("Inbound URLs", {"fields": ["inbound_urls_display", "public_id"]}))
+            fieldsets.append((_("Inbound URLs"), {"fields": ["inbound_urls_display", "public_id"]}))
             error_field = (
                 "last_error_hidden"
                 if "last_error_hidden" in self.get_readonly_fields(request, obj)
                 else "last_error"
             )
-            fieldsets.append(("Last error", {"fields": [error_field, "last_error_at"]}))
+            fieldsets.append((_("Last error"), {"fields": [error_field, "last_error_at"]}))
         return fieldsets
 
     def get_form(
@@ -554,14 +561,14 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             request_crm_sync(obj.tenant_id)  # settings or client_id changed: the CRM's copy follows
 
     # ---- displays ----
-    @admin.display(description="Error", boolean=True)
+    @admin.display(description=_("Error"), boolean=True)
     def error_flag(self, obj: Connection) -> bool:
         return bool(obj.last_error)
 
-    @admin.display(description="Inbound URLs")
+    @admin.display(description=_("Inbound URLs"))
     def inbound_urls_display(self, obj: Connection) -> SafeString | str:
         if obj is None or not obj.pk:
-            return "Shown once the connection is saved."
+            return _("Shown once the connection is saved.")
         urls = obj.inbound_urls()
         base = urls.pop("base", None)
         paste = ""
@@ -574,13 +581,13 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         listed = format_html_join("", "<li>{}: <code>{}</code></li>", urls.items())
         return format_html("{}<ul>{}</ul>", paste, listed)
 
-    @admin.display(description="Secrets")
+    @admin.display(description=_("Secrets"))
     def secrets_status(self, obj: Connection) -> str:
         if obj is None or not obj.pk:
             return "—"
         stored = obj.secrets or {}
         return "; ".join(
-            f"{f.name}: {'stored' if stored.get(f.name) else 'not set'}"
+            f"{f.name}: {_('stored') if stored.get(f.name) else _('not set')}"
             for f in obj.provider_cls.secret_fields
         )
 
@@ -640,7 +647,7 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             info = self.opts.app_label, self.opts.model_name
             context["provider_page"] = {
                 "url": reverse("admin:{}_{}_provider_page".format(*info), args=[obj.pk]),
-                "title": obj.provider_cls.admin_page_title or "Provider page",
+                "title": obj.provider_cls.admin_page_title or _("Provider page"),
             }
         return super().render_change_form(request, context, add, change, form_url, obj)
 
@@ -720,14 +727,14 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         """The provider's own page for one connection (Provider.admin_page), e.g. the sandbox CRM's inbox."""
         obj = self.get_object(request, unquote(object_id))  # None outside the user's tenants
         if obj is None or not obj.provider_cls.admin_page:
-            raise Http404("This connection's provider has no page of its own.")
+            raise Http404(_("This connection's provider has no page of its own."))
         return import_string(obj.provider_cls.admin_page)(request, obj, self)
 
     def _issued_secret_target(self, request: HttpRequest, object_id: str, name: str) -> Connection:
         obj = self.get_object(request, unquote(object_id))  # 404 outside the user's tenants
         if name not in obj.provider_cls.issued_secrets():
             # A secret the provider issued is write-only: there is nothing to reveal or regenerate here.
-            raise Http404("Only tokens the portal issues can be revealed or regenerated.")
+            raise Http404(_("Only tokens the portal issues can be revealed or regenerated."))
         if not self.has_change_permission(request, obj):
             raise PermissionDenied
         return obj
@@ -753,12 +760,25 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         token = (obj.secrets or {}).get(name, "")
         if token:
             self.log_change(request, obj, f"Revealed {name}.")  # who saw it; never the value
-        return self._secret_page(request, obj, name, title=f"{name} of {obj}", mode="reveal", token=token)
+        return self._secret_page(
+            request,
+            obj,
+            name,
+            title=_("%(name)s of %(connection)s") % {"name": name, "connection": obj},
+            mode="reveal",
+            token=token,
+        )
 
     def regenerate_secret_view(self, request: HttpRequest, object_id: str, name: str) -> HttpResponse:
         obj = self._issued_secret_target(request, object_id, name)
         if request.method != "POST":
-            return self._secret_page(request, obj, name, title=f"Regenerate {name} of {obj}?", mode="confirm")
+            return self._secret_page(
+                request,
+                obj,
+                name,
+                title=_("Regenerate %(name)s of %(connection)s?") % {"name": name, "connection": obj},
+                mode="confirm",
+            )
         obj.regenerate_secret(name)
         self.log_change(request, obj, f"Regenerated {name}.")
         announce_token(request, obj, name)
@@ -774,8 +794,12 @@ def announce_token(request: HttpRequest, obj: Connection, name: str) -> None:
     messages.warning(
         request,
         format_html(
-            "New {} for {}: <code>{}</code> — paste it into {} now. It is not shown again here; "
-            "tenant admins can reveal it from the connection page.",
+            str(
+                _(
+                    "New {} for {}: <code>{}</code> — paste it into {} now. It is not shown again here; "
+                    "tenant admins can reveal it from the connection page."
+                )
+            ),
             name,
             obj,
             obj.secrets[name],
@@ -796,7 +820,7 @@ class PbxConnectionAdmin(ConnectionAdmin):
             actions.pop("send_test_call", None)
         return actions
 
-    @admin.action(description="Send test call (sandbox PBX connections only)", permissions=["operate"])
+    @admin.action(description=_("Send test call (sandbox PBX connections only)"), permissions=["operate"])
     def send_test_call(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Plays the `answered` scenario through a simulated PBX. Never offered for a real PBX connection: the
         tenant's real CRMs would receive an invented call."""
@@ -807,7 +831,8 @@ class PbxConnectionAdmin(ConnectionAdmin):
             if not adapter.offers_test_call:
                 self.message_user(
                     request,
-                    f"{connection}: test calls are only for sandbox PBX connections; nothing was sent",
+                    _("%(connection)s: test calls are only for sandbox PBX connections; nothing was sent")
+                    % {"connection": connection},
                     messages.ERROR,
                 )
                 continue
@@ -836,10 +861,10 @@ class CrmConnectionAdmin(ConnectionAdmin):
     def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None) -> list[Any]:
         fieldsets = super().get_fieldsets(request, obj)
         if obj is not None and getattr(obj, "crm_proposals", None):
-            fieldsets.append(("Proposals from the CRM", {"fields": ["crm_proposals_display"]}))
+            fieldsets.append((_("Proposals from the CRM"), {"fields": ["crm_proposals_display"]}))
         return fieldsets
 
-    @admin.display(description="Entered in the CRM, not mapped here")
+    @admin.display(description=_("Entered in the CRM, not mapped here"))
     def crm_proposals_display(self, obj: CrmConnection) -> str:
         """What users entered in RetailCRM for extensions or phones the portal does not map (allow_crm_edits):
         kept in RetailCRM; "Import mappings edited in RetailCRM" adopts them."""
@@ -900,7 +925,7 @@ class ExtensionMappingInline(TenantScopedInlineMixin, admin.TabularInline):
     fields = ("crm_connection", "crm_user_id", "status", "status_at")
     readonly_fields = ("status", "status_at")
     extra = 0
-    verbose_name_plural = "CRM users"
+    verbose_name_plural = _("CRM users")
 
 
 @admin.register(Extension)
@@ -915,7 +940,7 @@ class ExtensionAdmin(CrmSyncOnChangeMixin, TenantScopedAdminMixin, admin.ModelAd
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).prefetch_related("mappings__crm_connection")
 
-    @admin.display(description="CRM users")
+    @admin.display(description=_("CRM users"))
     def crm_users(self, obj: Extension) -> str:
         return ", ".join(f"{m.crm_connection.key}: {m.crm_user_id}" for m in obj.mappings.all()) or "—"
 
@@ -924,7 +949,7 @@ class SiteCodeInline(TenantScopedInlineMixin, admin.TabularInline):
     model = ExternalPhoneSiteCode
     fields = ("crm_connection", "code")
     extra = 0
-    verbose_name_plural = "Site codes per CRM connection"
+    verbose_name_plural = _("Site codes per CRM connection")
 
 
 @admin.register(ExternalPhone)
@@ -939,7 +964,7 @@ class ExternalPhoneAdmin(CrmSyncOnChangeMixin, TenantScopedAdminMixin, admin.Mod
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).prefetch_related("site_codes__crm_connection")
 
-    @admin.display(description="Site codes")
+    @admin.display(description=_("Site codes"))
     def site_codes_summary(self, obj: ExternalPhone) -> str:
         return site_codes_text(obj)
 
@@ -970,13 +995,13 @@ class ConnectionSummaryInline(TenantScopedInlineMixin, admin.TabularInline):
 class PbxSummaryInline(ConnectionSummaryInline):
     model = PbxConnection
     fields = ("key", "provider", "active", "last_error")
-    verbose_name_plural = "PBX connections"
+    verbose_name_plural = _("PBX connections")
 
 
 class CrmSummaryInline(ConnectionSummaryInline):
     model = CrmConnection
     fields = ("key", "provider", "priority", "active", "last_error")
-    verbose_name_plural = "CRM connections"
+    verbose_name_plural = _("CRM connections")
 
 
 class ExtensionInline(TenantScopedInlineMixin, admin.TabularInline):
@@ -993,7 +1018,7 @@ class ExternalPhoneInline(TenantScopedInlineMixin, admin.TabularInline):
     extra = 0
     show_change_link = True  # site codes are edited on the phone's page
 
-    @admin.display(description="Site codes")
+    @admin.display(description=_("Site codes"))
     def site_codes(self, obj: ExternalPhone) -> str:
         return site_codes_text(obj)
 
@@ -1018,7 +1043,7 @@ class TenantForm(forms.ModelForm):
     click_to_call_regions = CommaListField(
         upper=True,
         required=False,
-        label="Click-to-call regions",
+        label=_("Click-to-call regions"),
         help_text=Tenant._meta.get_field("click_to_call_regions").help_text + " Comma-separated.",
     )
 
@@ -1081,13 +1106,13 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return is_superuser(request)
 
-    @admin.display(description="Connections")
+    @admin.display(description=_("Connections"))
     def connections(self, obj: Tenant) -> str:
         connections = [*PbxConnection.objects.filter(tenant=obj), *CrmConnection.objects.filter(tenant=obj)]
         names = [f"{c.key} ({c.provider})" for c in connections]
         return ", ".join(names) or "—"
 
-    @admin.display(description="Add a connection")
+    @admin.display(description=_("Add a connection"))
     def add_connection_links(self, obj: Tenant) -> SafeString | str:
         if obj is None or not obj.pk:
             return "—"
@@ -1132,10 +1157,10 @@ class TenantMembershipAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
         return ["tenant", "user_display"] if obj is not None else ["user_display"]
 
-    @admin.display(description="User")
+    @admin.display(description=_("User"))
     def user_display(self, obj: TenantMembership) -> str:
         return member_label(obj)
 
-    @admin.display(description="E-mail")
+    @admin.display(description=_("E-mail"))
     def email(self, obj: TenantMembership) -> str:
         return obj.user.email

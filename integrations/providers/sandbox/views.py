@@ -17,6 +17,7 @@ from django.forms import modelformset_factory
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -31,14 +32,14 @@ INBOX_LIMIT = 200
 
 def _pbx(request: HttpRequest, public_id: str) -> PbxConnection:
     if not enabled():
-        raise Http404("sandbox disabled")
+        raise Http404(_("sandbox disabled"))
     connection = (
         PbxConnection.objects.select_related("tenant")
         .filter(provider="sandbox_pbx", public_id=public_id, active=True, tenant__active=True)
         .first()
     )
     if connection is None:
-        raise Http404("no such sandbox PBX")
+        raise Http404(_("no such sandbox PBX"))
     key = str((connection.secrets or {}).get("signing_key") or "")
     if not secrets_equal(request.headers.get("X-Sandbox-Key"), key):
         raise _Forbidden()
