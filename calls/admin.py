@@ -38,6 +38,7 @@ from calls.models import (
     RoutingDecision,
 )
 from calls.search import extension_condition, phone_condition
+from calls.timeline import call_timeline
 from integrations.admin_scoping import (
     ReadOnlyTenantInline,
     TenantScopedAdminMixin,
@@ -158,15 +159,20 @@ class ExtensionFilter(InputFilter):
 
 
 class CallEventInline(ReadOnlyTenantInline):
+    """The PBX's events as stored: the raw material of the readable timeline, folded away by default."""
+
     model = CallEvent
     fields = ("kind", "order_key", "occurred_at", "leg_id", "normalised_view")
     readonly_fields = fields
     ordering = ("order_key", "id")
-    verbose_name_plural = _("Event timeline")
+    classes = ["collapse"]
+    verbose_name_plural = _("Events as received (JSON)")
 
     @admin.display(description=_("Normalised"))
     def normalised_view(self, obj: CallEvent) -> SafeString:
-        return pretty_json(obj.normalised)
+        return format_html(
+            "<details><summary>{}</summary>{}</details>", _("JSON"), pretty_json(obj.normalised)
+        )
 
 
 class RoutingDecisionInline(ReadOnlyTenantInline):
@@ -231,6 +237,7 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     list_select_related = ("tenant", "pbx_connection", "recording")
     actions = ["resend_to_crm", "fetch_recording_again", "revoke_recording_link"]
     fieldsets = (
+        (_("What happened"), {"fields": ("timeline",)}),
         (
             None,
             {
@@ -282,7 +289,14 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         ),
         (_("Recording playbacks (audit)"), {"fields": ("playback_log",)}),
     )
-    readonly_fields = ("extension", "recording_state", "recording_link", "recording_player", "playback_log")
+    readonly_fields = (
+        "timeline",
+        "extension",
+        "recording_state",
+        "recording_link",
+        "recording_player",
+        "playback_log",
+    )
     inlines = [CallEventInline, RoutingDecisionInline, OutboundJobInline]
 
     def get_search_results(
@@ -296,6 +310,22 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         if is_extension(term):
             condition |= extension_condition(term)
         return queryset.filter(condition), False
+
+    @admin.display(description=_("Timeline"))
+    def timeline(self, obj: Call) -> SafeString | str:
+        """Who rang, who answered, transfers, hang-up, routing, every message to every CRM, the recording: in
+        the tenant's time."""
+        if not obj.pk:
+            return "—"
+        rows = format_html_join(
+            "",
+            '<li class="status-{}"><span class="when">{}</span> {}</li>',
+            (
+                (entry.status, tenant_time(entry.at, obj.tenant, seconds=True), entry.text)
+                for entry in call_timeline(obj)
+            ),
+        )
+        return format_html('<ul class="timeline" id="call-timeline">{}</ul>', rows)
 
     @admin.display(description=_("Started"), ordering="started_at")
     def started_local(self, obj: Call) -> str:
