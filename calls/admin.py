@@ -18,15 +18,16 @@ from django.contrib import admin, messages
 from django.contrib.admin import RelatedOnlyFieldListFilter
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import PAGE_VAR
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, QueryDict
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponseBase, QueryDict
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from calls import outbox, recordings, services
+from calls import exports, outbox, recordings, services
 from calls.models import (
     Call,
     CallEvent,
@@ -310,6 +311,36 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         if is_extension(term):
             condition |= extension_condition(term)
         return queryset.filter(condition), False
+
+    change_list_template = "admin/calls/call/change_list.html"
+
+    def get_urls(self) -> list[Any]:
+        custom = [
+            path(
+                "export.csv",
+                self.admin_site.admin_view(self.export_view),
+                {"fmt": "csv"},
+                name="calls_call_export_csv",
+            ),
+            path(
+                "export.xlsx",
+                self.admin_site.admin_view(self.export_view),
+                {"fmt": "xlsx"},
+                name="calls_call_export_xlsx",
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def export_view(self, request: HttpRequest, fmt: str) -> HttpResponseBase:
+        """The filtered list (the same query string as the list page) as a file."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        changelist = self.get_changelist_instance(request)
+        queryset = changelist.get_queryset(request)
+        name = "calls-" + timezone.localtime().strftime("%Y%m%d-%H%M")
+        if fmt == "xlsx":
+            return exports.xlsx_response(queryset, name)
+        return exports.csv_response(queryset, name)
 
     @admin.display(description=_("Timeline"))
     def timeline(self, obj: Call) -> SafeString | str:

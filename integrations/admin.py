@@ -28,6 +28,7 @@ from django.utils.module_loading import import_string
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
+from integrations import admin_tenant_file as tenant_file_page
 from integrations import background, settings_form
 from integrations.admin_scoping import (
     SameTenantInlineFormSet,
@@ -1079,10 +1080,61 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         ExternalPhoneInline,
     ]
 
+    change_form_template = "admin/integrations/tenant/change_form.html"
+
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         if any(fs.model in (Extension, ExternalPhone) and fs.has_changed() for fs in formsets):
             request_crm_sync(form.instance.pk)
+
+    # ---- the tenant file: download, upload with a dry-run diff (integrations/admin_tenant_file.py) ----
+    def get_urls(self) -> list[Any]:
+        custom = [
+            path(
+                "<path:object_id>/tenant-file/",
+                self.admin_site.admin_view(self.download_file_view),
+                name="integrations_tenant_file_download",
+            ),
+            path(
+                "<path:object_id>/tenant-file/upload/",
+                self.admin_site.admin_view(self.upload_file_view),
+                name="integrations_tenant_file_upload",
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def download_file_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        tenant = self.get_object(request, unquote(object_id))  # None outside the user's tenants
+        if tenant is None:
+            raise Http404
+        return tenant_file_page.download(tenant)
+
+    def upload_file_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        tenant = self.get_object(request, unquote(object_id))
+        if tenant is None:
+            raise Http404
+        if not self.has_change_permission(request, tenant):
+            raise PermissionDenied
+        form, result = tenant_file_page.upload_view(request, tenant)
+        applied = bool(request.method == "POST" and request.POST.get("apply") and result and result.ok)
+        if applied:
+            self.log_change(request, tenant, "Uploaded a tenant file.")
+            self.message_user(
+                request,
+                _("Tenant file applied: %(changes)s")
+                % {"changes": "; ".join(result.changes) or _("nothing changed")},
+            )
+            return HttpResponseRedirect(reverse("admin:integrations_tenant_change", args=[tenant.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": tenant,
+            "title": _("Upload a tenant file for %(tenant)s") % {"tenant": tenant},
+            "form": form,
+            "result": result,
+            "change_url": reverse("admin:integrations_tenant_change", args=[tenant.pk]),
+        }
+        return TemplateResponse(request, "admin/integrations/tenant/upload.html", context)
 
     # Creating and deleting whole tenants is the operator's job; tenant admins configure their own.
     def has_add_permission(self, request: HttpRequest) -> bool:
