@@ -15,8 +15,9 @@ from typing import Any
 from django.db.models import Avg, Count, Max, Min, Q
 from django.db.models.functions import ExtractHour, TruncDate
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
-from calls.models import Call, OutboundJob, Recording, RoutingDecision
+from calls.models import RESULT_LABELS, Call, OutboundJob, Recording, RoutingDecision
 from integrations.models import CrmConnection, Tenant
 
 DAYS = 30
@@ -65,8 +66,12 @@ class Dashboard:
     def chart_data(self) -> dict[str, Any]:
         return {
             "days": [day.isoformat() for day in self.days],
-            "series": [{"result": r, "counts": self.per_day[r]} for r in self.results],
+            "series": [
+                {"result": r, "label": str(RESULT_LABELS.get(r, _("in progress"))), "counts": self.per_day[r]}
+                for r in self.results
+            ],
             "hours": self.hours,
+            "hours_label": str(_("calls")),
         }
 
 

@@ -1169,11 +1169,13 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         if obj is None or not obj.pk:
             return "—"
         return format_html(
-            '<a href="{}?tenant={}">PBX connection</a> · <a href="{}?tenant={}">CRM connection</a>',
+            '<a href="{}?tenant={}" id="add-pbx-connection">{}</a> · <a href="{}?tenant={}" id="add-crm-connection">{}</a>',
             reverse("admin:integrations_pbxconnection_add"),
             obj.pk,
+            _("PBX connection"),
             reverse("admin:integrations_crmconnection_add"),
             obj.pk,
+            _("CRM connection"),
         )
 
 

@@ -316,6 +316,7 @@ class PbxConnection(Connection):
 
     class Meta:
         verbose_name = _("PBX connection")
+        verbose_name_plural = _("PBX connections")
         constraints = [
             models.UniqueConstraint(fields=["tenant", "key"], name="unique_pbx_key"),
             models.UniqueConstraint(
@@ -352,6 +353,7 @@ class CrmConnection(Connection):
 
     class Meta:
         verbose_name = _("CRM connection")
+        verbose_name_plural = _("CRM connections")
         ordering = ["priority", "id"]
         constraints = [models.UniqueConstraint(fields=["tenant", "key"], name="unique_crm_key")]
 

@@ -20,12 +20,31 @@ T0 = dt.datetime(2026, 11, 30, 20, 51, 7, tzinfo=dt.UTC)  # 23:51:07 in Moscow
 
 def calls(world):
     for n, (phone, result, when) in enumerate(
-        [("+79161234567", "answered", T0), ("+79169999999", "missed", T0), ("+79161234567", "missed", T0 + dt.timedelta(hours=2))]
+        [
+            ("+79161234567", "answered", T0),
+            ("+79169999999", "missed", T0),
+            ("+79161234567", "missed", T0 + dt.timedelta(hours=2)),
+        ]
     ):
-        Call.objects.create(tenant=world.tenant_a, pbx_connection=world.pbx_a, provider_call_id=f"x{n}", direction="in",
-                            client_phone=phone, external_phone="+74951110000", result=result, started_at=when, talk_seconds=7)
-    Call.objects.create(tenant=world.tenant_b, pbx_connection=world.pbx_b, provider_call_id="other", direction="in",
-                        client_phone="+79161234567", started_at=T0)
+        Call.objects.create(
+            tenant=world.tenant_a,
+            pbx_connection=world.pbx_a,
+            provider_call_id=f"x{n}",
+            direction="in",
+            client_phone=phone,
+            external_phone="+74951110000",
+            result=result,
+            started_at=when,
+            talk_seconds=7,
+        )
+    Call.objects.create(
+        tenant=world.tenant_b,
+        pbx_connection=world.pbx_b,
+        provider_call_id="other",
+        direction="in",
+        client_phone="+79161234567",
+        started_at=T0,
+    )
 
 
 def read_csv(response) -> list[list[str]]:
@@ -39,7 +58,12 @@ def test_csv_honours_every_filter_and_the_search_in_local_time(world):
     client = client_for(world.support_a)
     response = client.get(
         reverse("admin:calls_call_export_csv"),
-        {"q": "8 916 123-45-67", "result__exact": "answered", "started_from": "2026-11-30", "started_to": "2026-11-30"},
+        {
+            "q": "8 916 123-45-67",
+            "result__exact": "answered",
+            "started_from": "2026-11-30",
+            "started_to": "2026-11-30",
+        },
     )
     assert response.status_code == 200 and response.streaming
     header, *rows = read_csv(response)
@@ -49,7 +73,9 @@ def test_csv_honours_every_filter_and_the_search_in_local_time(world):
 
 def test_the_next_local_day_holds_the_late_call(world):
     calls(world)
-    response = client_for(world.support_a).get(reverse("admin:calls_call_export_csv"), {"started_from": "2026-12-01"})
+    response = client_for(world.support_a).get(
+        reverse("admin:calls_call_export_csv"), {"started_from": "2026-12-01"}
+    )
     (_header, *rows) = read_csv(response)
     assert [r[0] for r in rows] == ["2026-12-01 01:51:07"]
 
@@ -62,15 +88,21 @@ def test_another_tenants_calls_are_never_exported(world):
 
 def test_xlsx_keeps_phone_numbers_as_text(world):
     calls(world)
-    response = client_for(world.support_a).get(reverse("admin:calls_call_export_xlsx"), {"result__exact": "missed"})
+    response = client_for(world.support_a).get(
+        reverse("admin:calls_call_export_xlsx"), {"result__exact": "missed"}
+    )
     sheet = load_workbook(io.BytesIO(b"".join(response.streaming_content))).active
     values = list(sheet.values)
     assert values[0][4] == "Client phone" and len(values) == 3
-    assert sheet.cell(row=2, column=5).data_type == "s" and sheet.cell(row=2, column=5).value.startswith("+7916")
+    assert sheet.cell(row=2, column=5).data_type == "s" and sheet.cell(row=2, column=5).value.startswith(
+        "+7916"
+    )
 
 
 def test_the_tenant_file_downloads_with_secrets_masked(world):
-    response = client_for(world.admin_a).get(reverse("admin:integrations_tenant_file_download", args=[world.tenant_a.pk]))
+    response = client_for(world.admin_a).get(
+        reverse("admin:integrations_tenant_file_download", args=[world.tenant_a.pk])
+    )
     document = json.loads(response.content)
     assert document["slug"] == "alpha"
     assert document["crm"][0]["secrets"] == {"planfix_token": "***", "pbx_token": "***"}
@@ -85,7 +117,9 @@ def upload(client, tenant, document, **extra):
 
 
 def exported(client, tenant) -> dict:
-    return json.loads(client.get(reverse("admin:integrations_tenant_file_download", args=[tenant.pk])).content)
+    return json.loads(
+        client.get(reverse("admin:integrations_tenant_file_download", args=[tenant.pk])).content
+    )
 
 
 def test_an_upload_is_a_dry_run_with_a_diff_then_applied(world):
@@ -94,7 +128,7 @@ def test_an_upload_is_a_dry_run_with_a_diff_then_applied(world):
     document["name"] = "Alpha Trading"
     page = upload(client, world.tenant_a, document).content.decode()
     assert "tenant: changed name" in page
-    assert '+  &quot;name&quot;: &quot;Alpha Trading&quot;' in page or '+  "name": "Alpha Trading"' in page
+    assert "+  &quot;name&quot;: &quot;Alpha Trading&quot;" in page or '+  "name": "Alpha Trading"' in page
     world.tenant_a.refresh_from_db()
     assert world.tenant_a.name == "Alpha Ltd"  # nothing saved by the dry run
     response = upload(client, world.tenant_a, document, apply=True)
