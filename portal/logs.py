@@ -87,6 +87,33 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# Tasks beat starts every few seconds: their "received", "succeeded" and "Sending due task" lines would scroll
+# the console every 1.5 s. They are logged at DEBUG; what happened to calls and deliveries is logged at INFO
+# by calls.activity_log.
+ROUTINE_TASKS = (
+    "calls.tasks.relay",
+    "calls.tasks.run_periodic",
+    "integrations.tasks.sweep_connection_operations",
+)
+CELERY_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat", "celery.worker.request")
+
+
+class RoutineTaskFilter(logging.Filter):
+    """Demotes Celery's lines about routine periodic tasks to DEBUG (shown only when LOG_LEVEL=DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not record.name.startswith(CELERY_LOGGERS):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is not this filter's business
+            return True
+        if not any(task in message for task in ROUTINE_TASKS):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {

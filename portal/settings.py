@@ -458,7 +458,10 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "portal.logs.ContextFilter"}},
+    "filters": {
+        "context": {"()": "portal.logs.ContextFilter"},
+        "routine": {"()": "portal.logs.RoutineTaskFilter"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "portal.logs.JsonFormatter"},
@@ -467,7 +470,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json" if LOG_FORMAT == "json" else "plain",
-            "filters": ["context"],
+            "filters": ["context", "routine"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
