@@ -280,10 +280,16 @@ class Connection(models.Model):
         """Whether this connection talks to a private address (its allowed_networks, or a URL whose host is
         private): then what those hosts answer is not shown to tenant staff, so the portal cannot be used to
         read an intranet service through error bodies."""
+        from django.conf import settings
+
         from integrations import http
 
         if self.allowed_networks:
             return True
+        if not (settings.OUTBOUND_ALLOW_PRIVATE_NETWORKS or settings.OUTBOUND_ALLOWED_NETWORKS):
+            # The SSRF guard let no request reach a private address, so nothing a private host said was
+            # stored: no name needs resolving.
+            return False
         return any(http.is_private_target(url) for url in self.credential_urls().values())
 
     def inbound_urls(self) -> dict[str, str]:

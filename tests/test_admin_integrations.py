@@ -483,6 +483,17 @@ def test_regenerating_the_client_id_re_registers_retailcrm(world, retail_a):
     assert retail_syncs(retail_a) == 1
 
 
+def test_editing_the_retailcrm_connection_in_the_admin_re_registers_it(world, retail_a):
+    client = client_for(world.admin_a)
+    data = crm_payload(client, retail_a)
+    data["priority"] = "4"
+    assert client.post(change_url(retail_a), data).status_code == 302
+    retail_a.refresh_from_db()
+    assert retail_a.priority == 4
+    assert retail_syncs(retail_a) == 1
+    assert retail_syncs(world.crm_b) == 0
+
+
 def test_retailcrm_proposals_are_shown_on_the_connection_page(world, retail_a):
     retail_a.crm_proposals = [{"code": "999", "userId": "9"}]
     retail_a.save()
