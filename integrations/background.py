@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext_lazy as _
 
@@ -30,6 +30,7 @@ CHECK = "check_connection"
 IMPORT_EXTENSIONS = "import_extensions"
 DETAIL_LIMIT = 2000
 LOST_AFTER = dt.timedelta(seconds=30)  # a queued operation this old had its message lost: the sweep runs it
+STALLED_AFTER = dt.timedelta(minutes=10)  # a running operation this old lost its worker
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def queue(connection: PbxConnection | CrmConnection, kind: str, user: Any = None
     operation = ConnectionOperation.objects.create(
         tenant_id=connection.tenant_id,
         kind=kind,
+        language=translation.get_language() or "",
         requested_by=user if getattr(user, "pk", None) else None,
         **{side: connection},
     )
@@ -141,7 +143,7 @@ def run(operation_id: int) -> ConnectionOperation | None:
     try:
         if run_it is None:
             raise ProviderError(f"unknown operation {operation.kind!r}", permanent=True)
-        with connection.outbound_scope():
+        with connection.outbound_scope(), translation.override(operation.language or None):
             outcome = run_it(connection, progress)
     except Exception as exc:  # ProviderError / OutboundError: the provider refused or could not be reached
         body = getattr(exc, "body", "") or ""
@@ -156,6 +158,20 @@ def run(operation_id: int) -> ConnectionOperation | None:
     operation.finished_at = timezone.now()
     operation.save(update_fields=["status", "summary", "detail", "progress", "finished_at"])
     return operation
+
+
+def fail_stalled(now: dt.datetime | None = None) -> int:
+    """Operations left `running` by a worker that died (the task's hard time limit is 120 s): failed, so the
+    page stops waiting and the admin can run them again."""
+    cutoff = (now or timezone.now()) - STALLED_AFTER
+    return ConnectionOperation.objects.filter(
+        status=ConnectionOperation.RUNNING, started_at__lt=cutoff
+    ).update(
+        status=ConnectionOperation.FAILED,
+        progress="",
+        summary="The worker stopped before the operation finished; run it again.",
+        finished_at=timezone.now(),
+    )
 
 
 def run_queued(older_than: dt.timedelta = dt.timedelta(0)) -> int:

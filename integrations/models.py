@@ -526,6 +526,8 @@ class ConnectionOperation(models.Model):
     kind = models.CharField(_("operation"), max_length=60)
     status = models.CharField(_("status"), max_length=10, choices=STATUSES, default=QUEUED)
     progress = models.CharField(_("progress"), max_length=200, blank=True)
+    # The requester's language: the worker writes the progress and the portal's own words in it.
+    language = models.CharField(_("language"), max_length=10, blank=True)
     summary = models.TextField(_("result"), blank=True)
     detail = models.TextField(_("provider's answer"), blank=True)
     requested_by = models.ForeignKey(

@@ -14,7 +14,8 @@ def run_connection_operation(operation_id: int) -> None:
 
 @shared_task(name="integrations.tasks.sweep_connection_operations", ignore_result=True)
 def sweep_connection_operations() -> int:
-    """Beat, every minute: run the operations whose message was lost (a broker restart)."""
+    """Beat, every minute: fail the operations whose worker died, run those whose message was lost."""
     from integrations import background
 
+    background.fail_stalled()
     return background.run_queued(older_than=background.LOST_AFTER)

@@ -197,3 +197,38 @@ def test_an_operation_runs_once_even_if_two_workers_get_it(world):
     operation.status = ConnectionOperation.RUNNING
     operation.save()
     assert background.run(operation.pk) is None
+
+
+def test_an_operation_whose_worker_died_is_failed_by_the_sweep(world):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    operation = background.queue(world.pbx_a, background.CHECK)
+    ConnectionOperation.objects.filter(pk=operation.pk).update(
+        status=ConnectionOperation.RUNNING, started_at=timezone.now() - dt.timedelta(minutes=11)
+    )
+    fresh = background.queue(world.crm_a, background.CHECK)
+    ConnectionOperation.objects.filter(pk=fresh.pk).update(
+        status=ConnectionOperation.RUNNING, started_at=timezone.now()
+    )
+    assert background.fail_stalled() == 1
+    operation.refresh_from_db()
+    assert operation.status == "failed" and "run it again" in operation.summary
+
+
+def test_the_worker_speaks_the_requesters_language(world, monkeypatch):
+    from django.utils import translation
+
+    with translation.override("ru"):
+        operation = background.queue(world.pbx_a, background.IMPORT_EXTENSIONS)
+    assert operation.language == "ru"
+    seen = []
+
+    def observe(connection, progress):  # records the language the worker runs the operation in
+        seen.append(translation.get_language())
+        return background.Outcome(True, "observed")
+
+    monkeypatch.setattr(background, "_import_extensions", observe)
+    assert background.run(operation.pk).status == "ok"
+    assert seen == ["ru"]
