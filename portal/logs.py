@@ -94,21 +94,30 @@ ROUTINE_TASKS = (
     "calls.tasks.relay",
     "calls.tasks.run_periodic",
     "integrations.tasks.sweep_connection_operations",
+    # Each delivery already has its own line (callbridge.activity), each operation its own (callbridge.operations).
+    "calls.tasks.send_jobs",
+    "integrations.tasks.run_connection_operation",
 )
 CELERY_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat", "celery.worker.request")
+# kombu's filesystem transport (make run's broker) says this on every connection: not news to anyone.
+ROUTINE_MESSAGES = ("No hostname was supplied. Reverting to default",)
 
 
 class RoutineTaskFilter(logging.Filter):
-    """Demotes Celery's lines about routine periodic tasks to DEBUG (shown only when LOG_LEVEL=DEBUG)."""
+    """Demotes Celery's lines about routine tasks (and kombu's filesystem-broker notice) to DEBUG: shown only when
+    LOG_LEVEL=DEBUG."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.INFO or not record.name.startswith(CELERY_LOGGERS):
+        celery_info = record.levelno == logging.INFO and record.name.startswith(CELERY_LOGGERS)
+        kombu = record.levelno == logging.WARNING and record.name == "kombu.connection"
+        if not (celery_info or kombu):
             return True
         try:
             message = record.getMessage()
         except Exception:  # a malformed record is not this filter's business
             return True
-        if not any(task in message for task in ROUTINE_TASKS):
+        routine = ROUTINE_MESSAGES if kombu else ROUTINE_TASKS
+        if not any(text in message for text in routine):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger().isEnabledFor(logging.DEBUG)

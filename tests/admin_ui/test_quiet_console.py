@@ -22,7 +22,13 @@ def test_routine_task_lines_are_demoted_to_debug():
         assert routine.levelname == "DEBUG"
         beat = record("celery.beat", "Scheduler: Sending due task outbox-relay (calls.tasks.relay)")
         assert RoutineTaskFilter().filter(beat) is False
-        other = record("celery.app.trace", "Task calls.tasks.send_jobs[abc] succeeded in 0.2s: None")
+        notice = record(
+            "kombu.connection", "No hostname was supplied. Reverting to default 'localhost'", logging.WARNING
+        )
+        assert RoutineTaskFilter().filter(notice) is False
+        other = record(
+            "celery.app.trace", "Task calls.tasks.purge_expired_recordings[abc] succeeded in 0.2s: 3"
+        )
         assert RoutineTaskFilter().filter(other) is True and other.levelname == "INFO"
         root.setLevel(logging.DEBUG)
         assert (
