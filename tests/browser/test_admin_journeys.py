@@ -54,6 +54,24 @@ def test_a_superuser_builds_a_tenant_from_scratch_in_russian_with_form_fields_on
     assert pbx.settings["domain"] == "romashka.rt.ru" and pbx.settings["routing_budget_ms"] == 900
     assert pbx.secrets == {"client_id": "client-id", "sign_key": "sign-key"}
 
+    # Edit it later through the same fields: a choice as a select, a bad number refused at its field
+    page.goto(f"/admin/integrations/pbxconnection/{pbx.pk}/change/")
+    page.select_option("#id_setting__call_back_from", "sipuri")
+    page.fill("#id_setting__routing_budget_ms", "5")
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".errornote")
+    assert (
+        page.locator(
+            "#id_setting__routing_budget_ms_error, .field-setting__routing_budget_ms .errorlist"
+        ).count()
+        >= 1
+    )
+    page.fill("#id_setting__routing_budget_ms", "700")
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".messagelist")
+    pbx.refresh_from_db()
+    assert pbx.settings["call_back_from"] == "sipuri" and pbx.settings["routing_budget_ms"] == 700
+
     # CRM: a URL, a key/value map, a generated token
     page.goto(f"/admin/integrations/tenant/{tenant.pk}/change/")
     page.click("#add-crm-connection")
