@@ -19,6 +19,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone, translation
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from integrations.models import ConnectionOperation, CrmConnection, PbxConnection
@@ -169,7 +170,7 @@ def fail_stalled(now: dt.datetime | None = None) -> int:
     ).update(
         status=ConnectionOperation.FAILED,
         progress="",
-        summary="The worker stopped before the operation finished; run it again.",
+        summary=gettext("The worker stopped before the operation finished; run it again."),
         finished_at=timezone.now(),
     )
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext
 from rest_framework.renderers import BaseRenderer
 
 if TYPE_CHECKING:
@@ -552,11 +553,11 @@ class PbxProvider(Provider):
         try:
             entries = self.list_extensions()
         except (ProviderError, OutboundError) as exc:
-            return CheckResult(
-                False, f"{request_name} failed: {exc}", str(getattr(exc, "body", "") or "")[:500]
-            )
+            summary = gettext("%(request)s failed: %(error)s") % {"request": request_name, "error": exc}
+            return CheckResult(False, summary, str(getattr(exc, "body", "") or "")[:500])
         shown = ", ".join(f"{e.number} {e.name}".strip() for e in entries[:20])
-        return CheckResult(True, f"{request_name} answered: {len(entries)} directory entries", shown)
+        summary = gettext("%(request)s answered: %(count)s directory entries")
+        return CheckResult(True, summary % {"request": request_name, "count": len(entries)}, shown)
 
     def dedupe_key(self, event: NormalisedEvent) -> str:
         return event.dedupe_key

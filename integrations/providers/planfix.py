@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from django.utils.translation import gettext
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -247,24 +248,23 @@ class PlanfixProvider(CrmProvider):
         and planfix_token (a bad token is refused with 401/403)."""
         url, token = self.settings.get("api_url"), self.secrets.get("planfix_token")
         if not (url and token):
-            return CheckResult(False, "api_url and planfix_token must both be set")
+            return CheckResult(False, gettext("api_url and planfix_token must both be set"))
         fields = {"cmd": "contact", "phone": CHECK_PHONE, **self.token_fields()}
         try:
             response = post_form(url, fields, secrets=self.secret_values())
         except OutboundError as exc:
+            status = {"status": exc.status}
             if exc.status in {401, 403}:
-                return CheckResult(
-                    False, f"Planfix refused planfix_token (HTTP {exc.status})", exc.body[:500]
-                )
+                summary = gettext("Planfix refused planfix_token (HTTP %(status)s)") % status
+                return CheckResult(False, summary, exc.body[:500])
             if exc.permanent and exc.status is not None:
                 # An unknown number may be answered with a 4xx: the address and token were accepted.
-                return CheckResult(
-                    True, f"Planfix answered (HTTP {exc.status} for an unknown number)", exc.body[:500]
-                )
-            return CheckResult(False, f"Planfix could not be reached: {exc}", exc.body[:500])
-        return CheckResult(
-            True, f"Planfix answered the contact request (HTTP {response.status_code})", response.text[:500]
-        )
+                summary = gettext("Planfix answered (HTTP %(status)s for an unknown number)") % status
+                return CheckResult(True, summary, exc.body[:500])
+            summary = gettext("Planfix could not be reached: %(error)s") % {"error": exc}
+            return CheckResult(False, summary, exc.body[:500])
+        summary = gettext("Planfix answered the contact request (HTTP %(status)s)")
+        return CheckResult(True, summary % {"status": response.status_code}, response.text[:500])
 
     # ---- outbound: event, record ------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -370,17 +371,19 @@ class WireCrmProvider(CrmProvider):
 
         url = self.secrets.get("webhook_url")
         if not url:
-            return CheckResult(False, "webhook_url is not set")
+            return CheckResult(False, gettext("webhook_url is not set"))
         try:
             found = http.probe(url)
         except OutboundError as exc:
-            return CheckResult(False, f"WireCRM's webhook_url cannot be reached: {exc}")
+            return CheckResult(
+                False, gettext("WireCRM's webhook_url cannot be reached: %(error)s") % {"error": exc}
+            )
         detail = f"addresses: {', '.join(found.addresses)}"
         if found.tls:
             detail += f"; certificate: {found.certificate_subject}, valid until {found.certificate_expires}"
         return CheckResult(
             True,
-            "URL, DNS and TLS checked; WireCRM offers no harmless request, so no message was sent",
+            gettext("URL, DNS and TLS checked; WireCRM offers no harmless request, so no message was sent"),
             detail,
         )
 

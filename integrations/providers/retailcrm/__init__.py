@@ -25,6 +25,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, ClassVar
 
+from django.utils.translation import gettext
+
 from integrations.http import OutboundError
 from integrations.providers.base import (
     FINAL,
@@ -137,13 +139,17 @@ class RetailCrmProvider(RetailCrmWebhooks, RetailCrmMessages, RetailCrmRegistrat
         try:
             answer = self.client().users(1)
         except ProviderError as exc:
-            return CheckResult(False, f"RetailCRM refused: {exc}", exc.body[:500])
+            return CheckResult(
+                False, gettext("RetailCRM refused: %(error)s") % {"error": exc}, exc.body[:500]
+            )
         except OutboundError as exc:
-            return CheckResult(False, f"RetailCRM could not be reached: {exc}", exc.body[:500])
+            summary = gettext("RetailCRM could not be reached: %(error)s") % {"error": exc}
+            return CheckResult(False, summary, exc.body[:500])
         users = answer.get("users") or []
         names = ", ".join(_person_name(u) or str(u.get("id", "")) for u in users[:20] if isinstance(u, dict))
         total = (answer.get("pagination") or {}).get("totalCount", len(users))
-        return CheckResult(True, f"RetailCRM accepted the API key: {total} users", names)
+        summary = gettext("RetailCRM accepted the API key: %(count)s users") % {"count": total}
+        return CheckResult(True, summary, names)
 
     def accepts_playback_client_id(self, client_id: str) -> bool:
         return secrets_equal(client_id, self.secrets.get("client_id"))
