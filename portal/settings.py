@@ -227,12 +227,13 @@ WEBHOOK_AUTH_FAILURE_THROTTLE = _rate(
 )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "portal.apps.CallbridgeAdminConfig",  # django.contrib.admin, with the tenant dashboard as its index
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.forms",  # widget templates of the project's own (templates/admin/callbridge/map_widget.html)
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -249,10 +250,15 @@ MIDDLEWARE = [
     "portal.metrics.WebhookMetricsMiddleware",
     "portal.logs.LogContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves collectstatic's files from the web process itself: one container needs no proxy rule for them.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Times shown to a tenant's staff are in the tenant's zone (integrations/localtime.py).
+    "integrations.localtime.TenantTimeZoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a lockout into its 429 page.
@@ -275,6 +281,7 @@ AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
 AXES_VERBOSE = False
 
 ROOT_URLCONF = "portal.urls"
+FORM_RENDERER = "django.forms.renderers.TemplatesSetting"
 WSGI_APPLICATION = "portal.wsgi.application"
 
 TEMPLATES = [
@@ -385,6 +392,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "inbox-sweep": {"task": "calls.tasks.process_inbox", "schedule": schedule(5), "options": {"expires": 5}},
     "periodic-jobs": {"task": "calls.tasks.run_periodic", "schedule": schedule(60)},
     "recordings-retention": {"task": "calls.tasks.purge_expired_recordings", "schedule": schedule(24 * 3600)},
+    # Admin operations (Test connection, directory import) whose message was lost: run by the sweep.
+    "connection-operations": {
+        "task": "integrations.tasks.sweep_connection_operations",
+        "schedule": schedule(60),
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -394,16 +406,24 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-LANGUAGE_CODE = "en-us"
+# The admin speaks Russian by default; English is one click away (the switch in the admin's header). What is
+# sent to providers and written to logs is never translated (docs/admin.md).
+LANGUAGE_CODE = "ru"
+LANGUAGES = [("ru", "Русский"), ("en", "English")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# The project's own static files: the admin's scripts and the vendored, pinned chart library (static/vendor/).
+STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # WhiteNoise serves what collectstatic gathered, gzip-compressed; no manifest, so a test run or a
+    # checkout without collectstatic still renders pages.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
     "recordings": {
         "BACKEND": RECORDINGS_STORAGE_BACKEND,
         "OPTIONS": (
@@ -447,7 +467,10 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "portal.logs.ContextFilter"}},
+    "filters": {
+        "context": {"()": "portal.logs.ContextFilter"},
+        "routine": {"()": "portal.logs.RoutineTaskFilter"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "portal.logs.JsonFormatter"},
@@ -456,7 +479,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json" if LOG_FORMAT == "json" else "plain",
-            "filters": ["context"],
+            "filters": ["context", "routine"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

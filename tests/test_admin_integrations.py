@@ -220,6 +220,7 @@ def test_settings_are_validated_by_the_providers_schema(world):
     client = client_for(world.admin_a)
     data = crm_payload(client, world.crm_a)
     data["settings"] = '{"api_url": "https://acme.planfix.ru/tel/api", "colour": "red"}'
+    data["settings_as_json"] = "on"  # the JSON editor is the "advanced" way; the fields are the usual one
     response = client.post(change_url(world.crm_a), data)
     assert response.status_code == 200
     assert "colour" in str(response.context["adminform"].form.errors)
@@ -480,6 +481,17 @@ def test_regenerating_the_client_id_re_registers_retailcrm(world, retail_a):
     retail_a.refresh_from_db()
     assert retail_a.secrets["client_id"] != "rc-client"
     assert retail_syncs(retail_a) == 1
+
+
+def test_editing_the_retailcrm_connection_in_the_admin_re_registers_it(world, retail_a):
+    client = client_for(world.admin_a)
+    data = crm_payload(client, retail_a)
+    data["priority"] = "4"
+    assert client.post(change_url(retail_a), data).status_code == 302
+    retail_a.refresh_from_db()
+    assert retail_a.priority == 4
+    assert retail_syncs(retail_a) == 1
+    assert retail_syncs(world.crm_b) == 0
 
 
 def test_retailcrm_proposals_are_shown_on_the_connection_page(world, retail_a):

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext
 from rest_framework.renderers import BaseRenderer
 
 if TYPE_CHECKING:
@@ -419,6 +420,9 @@ class Provider:
     # connection and the model admin), linked from the change form; "" = none. The sandbox CRM's inbox.
     admin_page: ClassVar[str] = ""
     admin_page_title: ClassVar[str] = ""
+    # False for a provider that only receives our webhooks and offers no harmless request to send it
+    # (WireCRM): its check_connection() checks the URL, DNS and TLS, and the connection page says so.
+    check_sends_request: ClassVar[bool] = True
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -553,6 +557,19 @@ class PbxProvider(Provider):
 
     def list_extensions(self) -> list[DirectoryEntry]:
         raise ProviderError(f"{self.key} has no directory", permanent=True)
+
+    def check_by_directory(self, request_name: str) -> CheckResult:
+        """check_connection() for a PBX whose directory request is harmless and authenticated: list it."""
+        from integrations.http import OutboundError
+
+        try:
+            entries = self.list_extensions()
+        except (ProviderError, OutboundError) as exc:
+            summary = gettext("%(request)s failed: %(error)s") % {"request": request_name, "error": exc}
+            return CheckResult(False, summary, str(getattr(exc, "body", "") or "")[:500])
+        shown = ", ".join(f"{e.number} {e.name}".strip() for e in entries[:20])
+        summary = gettext("%(request)s answered: %(count)s directory entries")
+        return CheckResult(True, summary % {"request": request_name, "count": len(entries)}, shown)
 
     def dedupe_key(self, event: NormalisedEvent) -> str:
         return event.dedupe_key

@@ -104,10 +104,12 @@ SUPERUSER_ONLY = {"auth.user", "auth.group", "axes.accessattempt", "axes.accessl
 URL_ARGUMENTS: dict[str, dict[str, str]] = {
     "_reveal_secret": {"name": "pbx_token"},
     "_regenerate_secret": {"name": "pbx_token"},
+    "_operation": {"kind": "check_connection"},
 }
 # Every non-admin URL pattern, by name (or route) and how it is scoped; checked in test_endpoints_*.
 ENDPOINTS = {
     "healthz": "public probe, no tenant data",
+    "set_language": "Django's language switch: sets the visitor's own language cookie, no tenant data",
     "readyz": "public probe, no tenant data",
     "hook": "the connection's own credentials (tests/webhook_security.py; below: A's at B's URL)",
     "^hooks/(?P<provider>[a-z0-9_]+)/(?P<public_id>[A-Za-z0-9_-]+)/$": "as `hook`",

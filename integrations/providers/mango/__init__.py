@@ -33,7 +33,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from integrations.phones import to_e164_or_none
-from integrations.providers.base import Field, JobKind, JobSpec, PbxProvider, SchemaError
+from integrations.providers.base import CheckResult, Field, JobKind, JobSpec, PbxProvider, SchemaError
 from integrations.providers.mango.api import MangoApi
 from integrations.providers.mango.reconcile import MangoReconciliation
 from integrations.providers.mango.simulate import MangoSimulation
@@ -161,6 +161,10 @@ class MangoProvider(MangoWebhooks, MangoApi, MangoReconciliation, MangoSimulatio
 
     def _phone(self, value: Any) -> str:
         return to_e164_or_none(_text(value), self.region) or ""
+
+    def check_connection(self) -> CheckResult:
+        """config/users/request: a signed read of the employees; changes nothing."""
+        return self.check_by_directory("config/users/request")
 
     def is_final(self, call: Call, events: Sequence[NormalisedEvent]) -> bool:
         """Final at the summary once the recording outcome is known: a call nobody talked in has none; an
