@@ -15,7 +15,7 @@ SIMULATE_ARGS ?=
 .PHONY: help run test lint format venv simulate messages screenshots browser-test
 
 help:
-	@echo "make run     serve the portal on PORT (default 8000) with a Celery worker and beat; Ctrl-C stops all"
+	@echo "make run     serve the portal on PORT (default 8000) with the inbox processor, a Celery worker and beat"
 	@echo "make test    run the whole test suite (PYTEST_ARGS=... passes options to pytest)"
 	@echo "make simulate SCENARIO=answered  play a simulated call into the running portal (TENANT=demo)"
 	@echo "make lint    ruff check and ruff format --check"
@@ -42,7 +42,7 @@ $(INSTALLED): requirements.txt | $(PY)
 	$(PY) -m portal.runall write-env $@
 
 # Migrates, creates the cache table, seeds the demo tenant once, prints the admin URL and login, then serves on
-# PORT (default 8000) with a worker and beat. Ctrl-C stops all three.
+# PORT (default 8000) with the inbox processor, a worker and beat. Ctrl-C stops all.
 run: $(INSTALLED) .env
 	$(PY) -m portal.runall
 

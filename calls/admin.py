@@ -27,7 +27,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from calls import exports, outbox, recordings, services
+from calls import exports, outbox, processor, recordings, services
 from calls.models import (
     Call,
     CallEvent,
@@ -163,7 +163,7 @@ class CallEventInline(ReadOnlyTenantInline):
     """The PBX's events as stored: the raw material of the readable timeline, folded away by default."""
 
     model = CallEvent
-    fields = ("kind", "order_key", "occurred_at", "leg_id", "normalised_view")
+    fields = ("kind", "order_key", "occurred_at", "leg_id", "status", "last_error", "normalised_view")
     readonly_fields = fields
     ordering = ("order_key", "id")
     classes = ["collapse"]
@@ -593,6 +593,60 @@ class OutboundJobAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                     "%(count)s job(s) left alone: only failed or dead jobs of tenants you administer are retried."
                 )
                 % {"count": ignored},
+                messages.WARNING,
+            )
+
+
+@admin.register(CallEvent)
+class CallEventAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    """The inbox: every stored PBX event, whether the processor applied it, and why not (docs/operations.md)."""
+
+    writable = False
+    tenant_path = "pbx_connection__tenant"
+    list_display = (
+        "received_at",
+        "kind",
+        "provider_call_id",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+        "pbx_connection",
+    )
+    list_filter = ("status", "kind", ("pbx_connection", RelatedOnlyFieldListFilter))
+    search_fields = ("provider_call_id", "dedupe_key")
+    list_select_related = ("pbx_connection",)
+    actions = ["requeue"]
+    fields = (
+        "pbx_connection",
+        "provider_call_id",
+        "call",
+        "kind",
+        "order_key",
+        "dedupe_key",
+        "leg_id",
+        "occurred_at",
+        "received_at",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "processed_at",
+        "last_error",
+        "normalised",
+        "raw",
+    )
+
+    @admin.action(description=_("Apply again (failed events)"), permissions=["operate"])
+    def requeue(self, request: HttpRequest, queryset: QuerySet) -> None:
+        allowed = self.operable_queryset(request, queryset)
+        count = processor.requeue(allowed)
+        self.message_user(
+            request, _("%(count)s failed event(s) queued to be applied again.") % {"count": count}
+        )
+        if count < queryset.count():
+            self.message_user(
+                request,
+                _("Events that were not failed, or of tenants you do not administer, were left alone."),
                 messages.WARNING,
             )
 

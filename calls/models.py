@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets as pysecrets
 
+from django.conf import settings
 from django.core import signing
 from django.db import models
 from django.utils import timezone
@@ -152,12 +153,23 @@ class Call(models.Model):
 
 
 class CallEvent(models.Model):
-    KIND_CHOICES = [(k, KIND_LABELS.get(k, k)) for k in KINDS]
+    """One PBX event, stored by the webhook (the inbox) and applied to its call by the inbox processor.
 
-    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events", verbose_name=_("call"))
+    The webhook writes only this row: `provider_call_id` names the call, `call` stays empty until a worker
+    applies the event (docs/pipeline.md "The inbox"). `status` says how far that got.
+    """
+
+    KIND_CHOICES = [(k, KIND_LABELS.get(k, k)) for k in KINDS]
+    PENDING, DONE, FAILED = "pending", "done", "failed"
+    STATUSES = [(PENDING, _("waiting to be applied")), (DONE, _("applied")), (FAILED, _("failed, skipped"))]
+
+    call = models.ForeignKey(
+        Call, null=True, blank=True, on_delete=models.CASCADE, related_name="events", verbose_name=_("call")
+    )
     pbx_connection = models.ForeignKey(
         PbxConnection, on_delete=models.CASCADE, related_name="+", verbose_name=_("pbx connection")
     )
+    provider_call_id = models.CharField(max_length=200, default="", verbose_name=_("PBX call id"))
     dedupe_key = models.CharField(max_length=300, verbose_name=_("dedupe key"))
     order_key = models.CharField(max_length=100, verbose_name=_("order key"))
     kind = models.CharField(max_length=20, choices=KIND_CHOICES, verbose_name=_("kind"))
@@ -168,11 +180,25 @@ class CallEvent(models.Model):
     raw = models.JSONField(
         default=dict, help_text=_("As received, credentials stripped"), verbose_name=_("raw")
     )
+    status = models.CharField(max_length=8, choices=STATUSES, default=PENDING, verbose_name=_("status"))
+    attempts = models.PositiveSmallIntegerField(default=0, verbose_name=_("attempts"))
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("Empty: as soon as possible"), verbose_name=_("next attempt at")
+    )
+    last_error = models.TextField(blank=True, verbose_name=_("last error"))
+    processed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("processed at"))
 
     class Meta:
         ordering = ["order_key", "id"]
         constraints = [
             models.UniqueConstraint(fields=["pbx_connection", "dedupe_key"], name="unique_call_event"),
+        ]
+        indexes = [
+            # The processor's queue and /readyz's oldest pending event: small, only unapplied rows.
+            models.Index(
+                fields=["received_at"], name="callevent_pending_idx", condition=models.Q(status="pending")
+            ),
+            models.Index(fields=["pbx_connection", "provider_call_id"], name="callevent_provider_call_idx"),
         ]
         verbose_name = _("call event")
         verbose_name_plural = _("call events")
@@ -350,9 +376,8 @@ class Recording(models.Model):
 
     @property
     def public_url(self) -> str:
-        from integrations.providers.base import public_base_url
-
-        return f"{public_base_url()}/records/{self.token}"
+        # From the setting itself: models import no provider code (STYLE.md item 16).
+        return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/records/{self.token}"
 
 
 class OutboundJob(models.Model):

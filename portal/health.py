@@ -54,11 +54,24 @@ def _check_broker() -> str:
     return "ok"
 
 
+def _inbox_oldest_pending_seconds() -> float | None:
+    """How long the oldest stored event has waited for the inbox processor (one index lookup); None when the
+    database cannot say. Informational: a lagging processor does not take the web server out of rotation."""
+    from calls.processor import oldest_pending_seconds
+
+    try:
+        return round(oldest_pending_seconds(), 3)
+    except Exception as exc:
+        logger.warning("readiness: inbox age unknown: %s", exc)
+        return None
+
+
 def readyz(request: HttpRequest) -> JsonResponse:
     database = _check_database()
     body = {
         "status": "ok" if database == "ok" else "error",
         "database": database,
+        "inbox_oldest_pending_seconds": _inbox_oldest_pending_seconds() if database == "ok" else None,
         "cache": _check_cache(),
         "broker": _check_broker(),
         "broker_url_scheme": settings.CELERY_BROKER_URL.split("://", 1)[0],

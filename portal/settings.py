@@ -149,6 +149,13 @@ WEBHOOK_MAX_BODY_BYTES = int(
     _positive("WEBHOOK_MAX_BODY_BYTES", _get("WEBHOOK_MAX_BODY_BYTES", env.int, 65536))
 )
 OUTBOX_TIME_SCALE = _positive("OUTBOX_TIME_SCALE", _get("OUTBOX_TIME_SCALE", env.float, 1.0))
+# The relay keeps at most this many claims (one Celery task each: a job or a batch) published and not yet done,
+# so a backlog after an outage reaches the broker as fast as workers take it, not in one burst.
+OUTBOX_MAX_IN_FLIGHT = int(_positive("OUTBOX_MAX_IN_FLIGHT", _get("OUTBOX_MAX_IN_FLIGHT", env.int, 64)))
+# The inbox processor (manage.py process_inbox): how often it looks for stored events (one index lookup when
+# none waits), and how often one event is tried before it is marked failed and skipped.
+INBOX_POLL_SECONDS = _positive("INBOX_POLL_SECONDS", _get("INBOX_POLL_SECONDS", env.float, 0.1))
+INBOX_MAX_ATTEMPTS = int(_positive("INBOX_MAX_ATTEMPTS", _get("INBOX_MAX_ATTEMPTS", env.int, 5)))
 # The simulated providers (sandbox PBX and CRM) and their /sandbox/ pages: on for development, off in production
 # unless asked for. They stay registered either way; when off they refuse to work.
 SANDBOX_ENABLED = _bool("SANDBOX_ENABLED", DEBUG)
@@ -380,7 +387,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 }
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
-    "outbox-relay": {"task": "calls.tasks.relay", "schedule": schedule(1.5)},
+    # expires: a relay or inbox pass still queued when the next is due is dropped, not run late in a pile.
+    "outbox-relay": {"task": "calls.tasks.relay", "schedule": schedule(1.5), "options": {"expires": 1.5}},
+    "inbox-sweep": {"task": "calls.tasks.process_inbox", "schedule": schedule(5), "options": {"expires": 5}},
     "periodic-jobs": {"task": "calls.tasks.run_periodic", "schedule": schedule(60)},
     "recordings-retention": {"task": "calls.tasks.purge_expired_recordings", "schedule": schedule(24 * 3600)},
     # Admin operations (Test connection, directory import) whose message was lost: run by the sweep.

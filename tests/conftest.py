@@ -33,6 +33,14 @@ def need_service(name: str, url: str, default_port: int) -> None:
     pytest.skip(message)
 
 
+@pytest.fixture
+def client():
+    """pytest-django's client, applying what webhooks store before returning (tests/inbox.py)."""
+    from tests.inbox import ProcessingClient
+
+    return ProcessingClient()
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():

@@ -527,6 +527,18 @@ class PbxProvider(Provider):
         said = [e.recording_expected for e in events if e.recording_expected is not None]
         return said[-1] if said else any(e.kind == "recording_ready" for e in events)
 
+    def store_events(self, events: Sequence[NormalisedEvent]) -> None:
+        """What a call-event webhook does with what it parsed: store it in the inbox, nothing more (the inbox
+        processor applies it). No cache, no broker, no call state here."""
+        from calls.inbox import store
+
+        store(self.connection, events, self.secret_values())
+
+    def settle_event(self, event: NormalisedEvent, received_at: dt.datetime) -> NormalisedEvent:
+        """Finish an event the webhook stored with `settle` hints (work the request may not do: the cache, the
+        directory); called by the inbox processor before the event is applied. Keeps the dedupe key."""
+        return event
+
     def jobs_after_ingest(self, call: Call, new_events: Sequence[NormalisedEvent]) -> list[JobSpec]:
         """Jobs towards the PBX itself that new events call for (call details, an IVR route, a grace timer)."""
         return []

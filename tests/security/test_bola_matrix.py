@@ -17,7 +17,15 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
 from api.models import ApiKey
-from calls.models import Call, OriginateRequest, OutboundJob, PlaybackLog, Recording, RoutingDecision
+from calls.models import (
+    Call,
+    CallEvent,
+    OriginateRequest,
+    OutboundJob,
+    PlaybackLog,
+    Recording,
+    RoutingDecision,
+)
 from integrations.models import (
     CrmConnection,
     Extension,
@@ -72,6 +80,15 @@ OBJECTS: dict[type[models.Model], Callable[[World, str], models.Model]] = {
     ExternalPhone: lambda w, s: getattr(w, f"phone_{s}"),
     Call: _call_of,
     OutboundJob: _job,
+    CallEvent: lambda w, s: CallEvent.objects.create(
+        call=_call_of(w, s),
+        pbx_connection=getattr(w, f"pbx_{s}"),
+        provider_call_id=f"call-{s}",
+        dedupe_key=f"event-{s}",
+        order_key="1",
+        kind="ringing",
+        occurred_at=timezone.now(),
+    ),
     RoutingDecision: lambda w, s: RoutingDecision.objects.create(
         tenant=getattr(w, f"tenant_{s}"), caller="+79161234567", source="none"
     ),

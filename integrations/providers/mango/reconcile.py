@@ -69,7 +69,7 @@ class MangoReconciliation:
         """Basic statistics for the last `reconcile_hours` (stats/request, then stats/result polled); calls no
         webhook completed are ingested from them, so an outage of the portal loses no calls."""
         from calls.models import Call
-        from calls.services import ingest
+        from calls.processor import ingest
 
         calls = _group_rows(self._statistics(job))
         offset = self._offset(None)

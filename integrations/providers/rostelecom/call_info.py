@@ -77,7 +77,7 @@ class RostelecomCallInfo:
     def perform(self, job: OutboundJob) -> str:
         if job.kind != CALL_INFO:
             raise ProviderError(f"rostelecom has no job kind {job.kind!r}", permanent=True)
-        from calls.services import ingest
+        from calls.processor import ingest
 
         call = job.call
         if call is None:
