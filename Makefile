@@ -12,16 +12,19 @@ SCENARIO ?= answered
 SIMULATE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test faults lint format venv simulate
+.PHONY: help run test faults lint format venv simulate messages screenshots browser-test
 
 help:
-	@echo "make run     serve the portal on PORT (default 8000) with a Celery worker and beat; Ctrl-C stops all"
+	@echo "make run     serve the portal on PORT (default 8000) with the inbox processor, a Celery worker and beat"
 	@echo "make test    run the whole test suite (PYTEST_ARGS=... passes options to pytest)"
 	@echo "make faults  the fault suite on the real stack (PostgreSQL, private redis-server; ~5 min)"
 	@echo "make simulate SCENARIO=answered  play a simulated call into the running portal (TENANT=demo)"
 	@echo "make lint    ruff check and ruff format --check"
 	@echo "make format  apply ruff's fixes and formatting"
 	@echo "make venv    create .venv and install requirements.txt"
+	@echo "make messages      refresh and compile the Russian catalogue (locale/ru; needs GNU gettext)"
+	@echo "make browser-test  the Playwright tests in Debian's Chromium (apt-get install chromium)"
+	@echo "make screenshots   run the browser tests and refresh docs/screenshots/"
 
 venv: $(INSTALLED)
 
@@ -40,7 +43,7 @@ $(INSTALLED): requirements.txt | $(PY)
 	$(PY) -m portal.runall write-env $@
 
 # Migrates, creates the cache table, seeds the demo tenant once, prints the admin URL and login, then serves on
-# PORT (default 8000) with a worker and beat. Ctrl-C stops all three.
+# PORT (default 8000) with the inbox processor, a worker and beat. Ctrl-C stops all.
 run: $(INSTALLED) .env
 	$(PY) -m portal.runall
 
@@ -64,3 +67,19 @@ lint: $(INSTALLED)
 format: $(INSTALLED)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+# The Russian catalogue: extract every marked string (provider code and tests are not scanned for the admin's
+# words), then compile. Translate new entries in locale/ru/LC_MESSAGES/django.po and run it again.
+MESSAGES_IGNORE := --ignore='.venv/*' --ignore='tests/*' --ignore='var/*' --ignore='bench/*' --ignore='static/*'
+messages: $(INSTALLED)
+	DEBUG=true $(PY) manage.py makemessages -l ru --no-location $(MESSAGES_IGNORE)
+	DEBUG=true $(PY) manage.py compilemessages --ignore='.venv/*'
+
+browser-test: $(INSTALLED)
+	$(PY) -m pytest tests/browser -m browser -p no:cacheprovider $(PYTEST_ARGS)
+
+# The browser tests write their screenshots to SCREENSHOTS_DIR; this keeps the ones the README shows.
+screenshots: $(INSTALLED)
+	rm -rf var/screenshots && mkdir -p var/screenshots docs/screenshots
+	SCREENSHOTS_DIR=$(CURDIR)/var/screenshots $(PY) -m pytest tests/browser -m browser -p no:cacheprovider -q
+	cp var/screenshots/dashboard.png var/screenshots/call-page.png var/screenshots/connection-page.png docs/screenshots/

@@ -14,6 +14,7 @@ from django.contrib.admin import RelatedOnlyFieldListFilter
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from api.models import ApiKey, hash_key, new_api_key
 from integrations.admin_scoping import TenantScopedAdminMixin
@@ -28,7 +29,9 @@ class ApiKeyForm(forms.ModelForm):
         cleaned = super().clean()
         tenant, name = cleaned.get("tenant"), cleaned.get("name")
         if tenant and name and ApiKey.objects.active().filter(tenant=tenant, name=name).exists():
-            self.add_error("name", "This tenant already has an active key with this name: revoke it first.")
+            self.add_error(
+                "name", _("This tenant already has an active key with this name: revoke it first.")
+            )
         return cleaned
 
 
@@ -54,11 +57,11 @@ class ApiKeyAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: ApiKey | None = None) -> bool:
         return False if obj is not None else super().has_change_permission(request, obj)
 
-    @admin.display(description="Key")
+    @admin.display(description=_("Key"))
     def hint_display(self, obj: ApiKey) -> str:
         return f"{obj.hint}…" if obj.hint else "—"
 
-    @admin.display(description="Status")
+    @admin.display(description=_("Status"))
     def status(self, obj: ApiKey) -> str:
         return f"revoked {obj.revoked_at:%Y-%m-%d %H:%M}" if obj.revoked_at else "active"
 
@@ -79,7 +82,7 @@ class ApiKeyAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             ),
         )
 
-    @admin.action(description="Revoke the selected keys", permissions=["revoke"])
+    @admin.action(description=_("Revoke the selected keys"), permissions=["revoke"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = 0
         for key in self.operable_queryset(request, queryset).filter(revoked_at__isnull=True):

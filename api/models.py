@@ -11,6 +11,7 @@ import secrets as pysecrets
 
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from integrations.models import Tenant
 
@@ -36,19 +37,23 @@ class ApiKeyQuerySet(models.QuerySet):
 
 
 class ApiKey(models.Model):
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
-    name = models.CharField(max_length=100, help_text="What the key is for, e.g. reporting.")
-    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="api_keys", verbose_name=_("tenant")
+    )
+    name = models.CharField(
+        max_length=100, help_text=_("What the key is for, e.g. reporting."), verbose_name=_("name")
+    )
+    key_hash = models.CharField(max_length=64, unique=True, editable=False, verbose_name=_("key hash"))
     # The first characters only: enough to tell keys apart in the admin, useless to an attacker.
-    hint = models.CharField(max_length=12, editable=False)
-    created_at = models.DateTimeField(default=timezone.now, editable=False)
-    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
-    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    hint = models.CharField(max_length=12, editable=False, verbose_name=_("hint"))
+    created_at = models.DateTimeField(default=timezone.now, editable=False, verbose_name=_("created at"))
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False, verbose_name=_("revoked at"))
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False, verbose_name=_("last used at"))
 
     objects = ApiKeyQuerySet.as_manager()
 
     class Meta:
-        verbose_name = "API key"
+        verbose_name = _("API key")
         ordering = ["tenant", "name", "-created_at"]
         constraints = [
             # Revoked keys stay for the audit trail; a name is reused by the key that replaced it.

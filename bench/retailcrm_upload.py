@@ -11,6 +11,15 @@ worker threads the way Celery workers run claimed batches. The bound is 40 reque
 
 A temporary SQLite database is created and removed. The fake listens on 127.0.0.1, so outbound requests to private
 addresses are allowed for this process (OUTBOUND_ALLOW_PRIVATE_NETWORKS=true).
+
+    python bench/retailcrm_upload.py --pipeline                 # 30,000 calls: adapter alone, then the pipeline
+
+--pipeline (issue 13) measures, in the same run and against the same fake, first the adapter alone as above,
+then a second backlog of the same size through the real pipeline: Celery beat's relay, a Celery worker as
+docs/operations.md starts it (`celery -A portal worker`, prefork), the adapter and its limiter. Both rates are
+timed from the first to the last upload request the fake accepted; the goal is pipeline ≥ 90 % of adapter alone,
+with no 503 and no duplicate. This mode runs on PostgreSQL and Redis (bench/stack.py: BENCH_POSTGRES_URL, a
+database `callbridge_bench_upload` is dropped and created; Redis databases 13 and 14) for both measurements.
 """
 
 from __future__ import annotations
@@ -35,6 +44,12 @@ from urllib.parse import parse_qs
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+PIPELINE = "--pipeline" in sys.argv
+if PIPELINE:  # PostgreSQL and Redis, shared with the worker and beat processes this mode starts
+    from bench import stack
+
+    _RUN_DIR = stack.run_directory("upload")
+    os.environ.update(stack.environment(stack.fresh_database("callbridge_bench_upload"), _RUN_DIR))
 _OWN_VAR_DIR = "CALLBRIDGE_VAR_DIR" not in os.environ
 if _OWN_VAR_DIR:
     os.environ["CALLBRIDGE_VAR_DIR"] = tempfile.mkdtemp(prefix="callbridge-bench-")
@@ -51,10 +66,12 @@ django.setup()
 
 from django.core.management import call_command  # noqa: E402
 from django.db import connection as db_connection  # noqa: E402
+from django.db import models  # noqa: E402
 
 API_KEY = "bench-retailcrm-key-0123456789"
 UPLOAD_PATH = "/api/v5/telephony/calls/upload"
 BATCH = 50
+WORKER_OPTIONS = os.environ.get("BENCH_WORKER_OPTIONS", "").split()
 
 
 # --------------------------------------------------------------------------------------------- the fake CRM
@@ -76,6 +93,17 @@ class FakeRetailCrm:
         self.duplicates_reported = 0
         self.max_batch = 0
         self.peak_in_window = 0
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+
+    def reset(self) -> None:
+        self.__init__(self.rate, self.window)  # type: ignore[misc]
+
+    def rate_seen(self) -> float:
+        """Calls per second from the first to the last accepted upload request."""
+        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
+            return 0.0
+        return self.calls_received / (self.last_at - self.first_at)
 
     def admit(self) -> bool:
         now = time.monotonic()
@@ -91,6 +119,9 @@ class FakeRetailCrm:
 
     def upload(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
         with self.lock:
+            now = time.monotonic()
+            self.first_at = self.first_at if self.first_at is not None else now
+            self.last_at = now
             self.accepted += 1
             self.calls_received += len(calls)
             self.max_batch = max(self.max_batch, len(calls))
@@ -148,7 +179,7 @@ class FakeRetailCrm:
 # --------------------------------------------------------------------------------------------- the backlog
 
 
-def setup_world(url: str, count: int) -> Any:
+def setup_world(url: str, count: int, prefix: str = "bench") -> Any:
     from calls import outbox
     from calls.models import Call, Recording
     from integrations.models import (
@@ -164,7 +195,7 @@ def setup_world(url: str, count: int) -> Any:
 
     call_command("migrate", verbosity=0, interactive=False)
     call_command("createcachetable", verbosity=0)
-    tenant = Tenant.objects.create(name="Bench", slug=f"bench-{os.getpid()}-{int(time.time())}")
+    tenant = Tenant.objects.create(name="Bench", slug=f"{prefix}-{os.getpid()}-{int(time.time())}")
     pbx = PbxConnection.objects.create(
         tenant=tenant, key="pbx", provider="rostelecom", settings={"domain": "bench.rt.ru"}, secrets={}
     )
@@ -191,7 +222,7 @@ def setup_world(url: str, count: int) -> Any:
             Call(
                 tenant=tenant,
                 pbx_connection=pbx,
-                provider_call_id=f"bench-{n:06d}",
+                provider_call_id=f"{prefix}-{n:06d}",
                 direction="in" if n % 2 else "out",
                 client_phone=f"+7916{1000000 + n:07d}",
                 external_phone=line.number,
@@ -291,6 +322,35 @@ def drive(crm: Any, workers: int) -> dict[str, Any]:
     return state
 
 
+def drive_pipeline(crm: Any, fake: FakeRetailCrm, timeout: float) -> dict[str, Any]:
+    """The pipeline drains the backlog: beat's relay and a Celery worker, as in production. Waits until no
+    job of `crm` is pending (or `timeout`)."""
+    from calls.models import OutboundJob
+
+    processes = stack.Processes(_RUN_DIR)
+    env = dict(os.environ)
+    started = time.monotonic()
+    try:
+        processes.start(
+            "worker", ["-m", "celery", "-A", "portal", "worker", "-l", "warning", *WORKER_OPTIONS], env
+        )
+        processes.start(
+            "beat",
+            ["-m", "celery", "-A", "portal", "beat", "-l", "warning", "-s", str(_RUN_DIR / "beat")],
+            env,
+        )
+        pending = OutboundJob.objects.filter(crm_connection=crm, status=OutboundJob.PENDING)
+        while pending.exists() and time.monotonic() - started < timeout:
+            time.sleep(0.5)
+    finally:
+        processes.stop_all()
+        db_connection.close()
+    statuses = dict(
+        OutboundJob.objects.filter(crm_connection=crm).values_list("status").annotate(n=models.Count("id"))
+    )
+    return {"statuses": statuses, "wall_seconds": round(time.monotonic() - started, 1)}
+
+
 def duplicate_check(crm: Any) -> tuple[int, int]:
     """Send the first 50 calls again (new jobs, as "resend to CRM" makes them): all must come back as duplicates
     and count as uploaded."""
@@ -310,7 +370,15 @@ def duplicate_check(crm: Any) -> tuple[int, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=10_000)
+    parser.add_argument("--calls", type=int, default=30_000 if PIPELINE else 10_000)
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="then the same backlog again through beat's relay and a worker",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600, help="--pipeline: give up after this many seconds"
+    )
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--rate", type=int, default=40, help="the fake's limit, requests per sliding second")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -326,7 +394,48 @@ def main() -> int:
         crm = setup_world(url, args.calls)
         print(f"Uploading through {args.workers} workers to the fake RetailCRM at {url}…", flush=True)
         state = drive(crm, args.workers)
+        adapter_only = {
+            "calls_per_second_first_to_last_request": round(fake.rate_seen(), 1),
+            "responses_503": fake.rejected_503,
+            "duplicates_reported": fake.duplicates_reported,
+        }
         counted, reported = duplicate_check(crm)
+        if args.pipeline:
+            from calls.models import OutboundJob
+
+            # The adapter-only run sent these itself; the pipeline must not send them again.
+            OutboundJob.objects.filter(crm_connection=crm).update(status=OutboundJob.SENT)
+            time.sleep(1.1)
+            fake.reset()
+            print(f"Preparing a second backlog of {args.calls} calls for the pipeline…", flush=True)
+            piped = setup_world(url, args.calls, prefix="pipe")
+            print("Draining it through beat's relay and a Celery worker…", flush=True)
+            pipeline = drive_pipeline(piped, fake, args.timeout)
+            pipeline.update(
+                calls_per_second_first_to_last_request=round(fake.rate_seen(), 1),
+                calls_received=fake.calls_received,
+                unique_external_ids=len(fake.seen),
+                responses_503=fake.rejected_503,
+                requests_refused_400=fake.bad,
+                duplicates_reported=fake.duplicates_reported,
+                largest_batch=fake.max_batch,
+                peak_requests_in_any_second=fake.peak_in_window,
+            )
+            ratio = pipeline["calls_per_second_first_to_last_request"] / max(
+                adapter_only["calls_per_second_first_to_last_request"], 1e-9
+            )
+            pipeline["ratio_to_adapter_only"] = round(ratio, 3)
+            print(json.dumps({"adapter_only": adapter_only, "pipeline": pipeline}, indent=2))
+            if args.json:
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps({"adapter_only": adapter_only, "pipeline": pipeline}))
+            ok = (
+                ratio >= 0.9
+                and pipeline["responses_503"] == 0
+                and pipeline["duplicates_reported"] == 0
+                and pipeline["unique_external_ids"] == args.calls
+            )
+            return 0 if ok else 1
     finally:
         server.shutdown()
         server.server_close()

@@ -18,14 +18,16 @@ from django.contrib import admin, messages
 from django.contrib.admin import RelatedOnlyFieldListFilter
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import PAGE_VAR
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, QueryDict
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponseBase, QueryDict
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.translation import gettext_lazy as _
 
-from calls import outbox, recordings, services
+from calls import exports, outbox, processor, recordings, services
 from calls.models import (
     Call,
     CallEvent,
@@ -37,12 +39,14 @@ from calls.models import (
     RoutingDecision,
 )
 from calls.search import extension_condition, phone_condition
+from calls.timeline import call_timeline
 from integrations.admin_scoping import (
     ReadOnlyTenantInline,
     TenantScopedAdminMixin,
     is_superuser,
     readable_tenant_ids,
 )
+from integrations.localtime import tenant_time
 from integrations.models import Tenant
 from integrations.phones import is_extension
 
@@ -122,8 +126,8 @@ def scope_time_zone(request: HttpRequest) -> dt.tzinfo:
 
 
 class StartedAtRangeFilter(InputFilter):
-    title = "date"
-    inputs = (("started_from", "From", "date"), ("started_to", "To (inclusive)", "date"))
+    title = _("date")
+    inputs = (("started_from", _("From"), "date"), ("started_to", _("To (inclusive)"), "date"))
 
     def input_label(self, name: str, label: str) -> str:
         return f"{label} ({scope_time_zone(self.request)})"
@@ -143,7 +147,7 @@ class StartedAtRangeFilter(InputFilter):
 
 
 class ExtensionFilter(InputFilter):
-    title = "extension"
+    title = _("extension")
     inputs = (("extension", "Extension", "text"),)
 
     def filter(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
@@ -156,15 +160,20 @@ class ExtensionFilter(InputFilter):
 
 
 class CallEventInline(ReadOnlyTenantInline):
+    """The PBX's events as stored: the raw material of the readable timeline, folded away by default."""
+
     model = CallEvent
-    fields = ("kind", "order_key", "occurred_at", "leg_id", "normalised_view")
+    fields = ("kind", "order_key", "occurred_at", "leg_id", "status", "last_error", "normalised_view")
     readonly_fields = fields
     ordering = ("order_key", "id")
-    verbose_name_plural = "Event timeline"
+    classes = ["collapse"]
+    verbose_name_plural = _("Events as received (JSON)")
 
-    @admin.display(description="Normalised")
+    @admin.display(description=_("Normalised"))
     def normalised_view(self, obj: CallEvent) -> SafeString:
-        return pretty_json(obj.normalised)
+        return format_html(
+            "<details><summary>{}</summary>{}</details>", _("JSON"), pretty_json(obj.normalised)
+        )
 
 
 class RoutingDecisionInline(ReadOnlyTenantInline):
@@ -172,7 +181,7 @@ class RoutingDecisionInline(ReadOnlyTenantInline):
     fk_name = "call"
     fields = ("created_at", "caller", "did", "extension", "display_name", "source", "latency_ms")
     readonly_fields = fields
-    verbose_name_plural = "Routing decisions"
+    verbose_name_plural = _("Routing decisions")
 
 
 class OutboundJobInline(ReadOnlyTenantInline):
@@ -190,9 +199,9 @@ class OutboundJobInline(ReadOnlyTenantInline):
         "attempts_link",
     )
     readonly_fields = fields
-    verbose_name_plural = "Outbound jobs"
+    verbose_name_plural = _("Outbound jobs")
 
-    @admin.display(description="Attempt log")
+    @admin.display(description=_("Attempt log"))
     def attempts_link(self, obj: OutboundJob) -> SafeString | str:
         if not obj.pk:
             return "—"
@@ -204,7 +213,7 @@ class OutboundJobInline(ReadOnlyTenantInline):
 class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     writable = False
     list_display = (
-        "started_at",
+        "started_local",
         "direction",
         "client_phone",
         "external_phone",
@@ -225,10 +234,11 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     )
     # The search itself is get_search_results(); a search field makes the admin show the box.
     search_fields = ("provider_call_id",)
-    search_help_text = "A phone number in any form, an extension or the PBX's call id."
+    search_help_text = _("A phone number in any form, an extension or the PBX's call id.")
     list_select_related = ("tenant", "pbx_connection", "recording")
     actions = ["resend_to_crm", "fetch_recording_again", "revoke_recording_link"]
     fieldsets = (
+        (_("What happened"), {"fields": ("timeline",)}),
         (
             None,
             {
@@ -244,7 +254,7 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             },
         ),
         (
-            "Parties",
+            _("Parties"),
             {
                 "fields": (
                     "client_phone",
@@ -260,7 +270,7 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             },
         ),
         (
-            "Times",
+            _("Times"),
             {
                 "fields": (
                     "started_at",
@@ -275,12 +285,19 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             },
         ),
         (
-            "Recording",
+            _("Recording"),
             {"fields": ("recording_expected", "recording_state", "recording_link", "recording_player")},
         ),
-        ("Recording playbacks (audit)", {"fields": ("playback_log",)}),
+        (_("Recording playbacks (audit)"), {"fields": ("playback_log",)}),
     )
-    readonly_fields = ("extension", "recording_state", "recording_link", "recording_player", "playback_log")
+    readonly_fields = (
+        "timeline",
+        "extension",
+        "recording_state",
+        "recording_link",
+        "recording_player",
+        "playback_log",
+    )
     inlines = [CallEventInline, RoutingDecisionInline, OutboundJobInline]
 
     def get_search_results(
@@ -295,7 +312,58 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             condition |= extension_condition(term)
         return queryset.filter(condition), False
 
-    @admin.display(description="Extension")
+    change_list_template = "admin/calls/call/change_list.html"
+
+    def get_urls(self) -> list[Any]:
+        custom = [
+            path(
+                "export.csv",
+                self.admin_site.admin_view(self.export_view),
+                {"fmt": "csv"},
+                name="calls_call_export_csv",
+            ),
+            path(
+                "export.xlsx",
+                self.admin_site.admin_view(self.export_view),
+                {"fmt": "xlsx"},
+                name="calls_call_export_xlsx",
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def export_view(self, request: HttpRequest, fmt: str) -> HttpResponseBase:
+        """The filtered list (the same query string as the list page) as a file."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        changelist = self.get_changelist_instance(request)
+        queryset = changelist.get_queryset(request)
+        name = "calls-" + timezone.localtime().strftime("%Y%m%d-%H%M")
+        if fmt == "xlsx":
+            return exports.xlsx_response(queryset, name)
+        return exports.csv_response(queryset, name)
+
+    @admin.display(description=_("Timeline"))
+    def timeline(self, obj: Call) -> SafeString | str:
+        """Who rang, who answered, transfers, hang-up, routing, every message to every CRM, the recording: in
+        the tenant's time."""
+        if not obj.pk:
+            return "—"
+        rows = format_html_join(
+            "",
+            '<li class="status-{}"><span class="when">{}</span> {}</li>',
+            (
+                (entry.status, tenant_time(entry.at, obj.tenant, seconds=True), entry.text)
+                for entry in call_timeline(obj)
+            ),
+        )
+        return format_html('<ul class="timeline" id="call-timeline">{}</ul>', rows)
+
+    @admin.display(description=_("Started"), ordering="started_at")
+    def started_local(self, obj: Call) -> str:
+        """In the call's tenant's zone; named when the page is read in another zone (users of several tenants)."""
+        return tenant_time(obj.started_at, obj.tenant, seconds=True)
+
+    @admin.display(description=_("Extension"))
     def extension(self, obj: Call) -> str:
         return (
             obj.last_answered_extension
@@ -303,24 +371,28 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             or (obj.rang_extensions[0] if obj.rang_extensions else "")
         )
 
-    @admin.display(description="Recording")
+    @admin.display(description=_("Recording"))
     def recording_state(self, obj: Call) -> str:
         recording = getattr(obj, "recording", None) if obj.pk else None
         return recording.get_state_display() if recording else "—"
 
-    @admin.display(description="Recording link")
+    @admin.display(description=_("Recording link"))
     def recording_link(self, obj: Call) -> SafeString | str:
         recording = getattr(obj, "recording", None) if obj.pk else None
         if recording is None:
             return "—"
         if recording.state == Recording.UNAVAILABLE:
-            return f"unavailable: {recording.reason}" if recording.reason else "unavailable"
+            return (
+                _("unavailable: %(reason)s") % {"reason": recording.reason}
+                if recording.reason
+                else _("unavailable")
+            )
         if recording.state == Recording.PURGED:
-            return "purged by retention"
+            return _("purged by retention")
         # The permanent link works once the file is stored; it is the one CRMs received.
         return format_html('<a href="{0}" target="_blank" rel="noopener">{0}</a>', recording.public_url)
 
-    @admin.display(description="Listen")
+    @admin.display(description=_("Listen"))
     def recording_player(self, obj: Call) -> SafeString | str:
         recording = getattr(obj, "recording", None) if obj.pk else None
         if recording is None or recording.state != Recording.STORED:
@@ -331,23 +403,23 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             recording.content_type or "audio/mpeg",
         )
 
-    @admin.display(description="Who played the recording")
+    @admin.display(description=_("Who played the recording"))
     def playback_log(self, obj: Call) -> SafeString | str:
         recording = getattr(obj, "recording", None) if obj.pk else None
         if recording is None:
             return "—"
         rows = list(recording.playbacks.order_by("-at")[:PLAYBACKS_SHOWN])
         if not rows:
-            return "Never played."
+            return _("Never played.")
         body = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
-                    f"{p.at:%Y-%m-%d %H:%M:%S}",
+                    tenant_time(p.at, obj.tenant, seconds=True),
                     p.address or "—",
                     p.status,
-                    "yes" if p.client_id_used else "",
+                    _("yes") if p.client_id_used else "",
                     p.user_agent,
                 )
                 for p in rows
@@ -359,23 +431,28 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             urlencode({"q": obj.provider_call_id}),
         )
         return format_html(
-            "<table><tr><th>At</th><th>Address</th><th>Status</th><th>clientId</th><th>User agent</th></tr>"
-            "{}</table>{}",
+            "<table><tr><th>{}</th><th>{}</th><th>{}</th><th>clientId</th><th>{}</th></tr>{}</table>{}",
+            _("At"),
+            _("Address"),
+            _("Status"),
+            _("User agent"),
             body,
             more,
         )
 
-    @admin.action(description="Fetch the recording again", permissions=["operate"])
+    @admin.action(description=_("Fetch the recording again"), permissions=["operate"])
     def fetch_recording_again(self, request: HttpRequest, queryset: QuerySet) -> None:
         queued = 0
         for call in self.operable_queryset(request, queryset).filter(recording__isnull=False):
             if recordings.fetch_again(call.recording) is not None:
                 queued += 1
         self.message_user(
-            request, f"{queued} recording fetch(es) queued; stored or purged recordings are left alone."
+            request,
+            _("%(count)s recording fetch(es) queued; stored or purged recordings are left alone.")
+            % {"count": queued},
         )
 
-    @admin.action(description="Revoke the recording link and send a new one", permissions=["operate"])
+    @admin.action(description=_("Revoke the recording link and send a new one"), permissions=["operate"])
     def revoke_recording_link(self, request: HttpRequest, queryset: QuerySet) -> None:
         # A leaked link (forwarded, logged) stops working at once; CRMs that can replace it get the new one.
         revoked = queued = 0
@@ -384,18 +461,27 @@ class CallAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             revoked += 1
         self.message_user(
             request,
-            f"{revoked} recording link(s) revoked; {queued} message(s) with the new link queued to CRMs.",
+            _(
+                "%(revoked)s recording link(s) revoked; %(queued)s message(s) with the new link queued to CRMs."
+            )
+            % {"revoked": revoked, "queued": queued},
         )
 
-    @admin.action(description="Resend to CRM", permissions=["operate"])
+    @admin.action(description=_("Resend to CRM"), permissions=["operate"])
     def resend_to_crm(self, request: HttpRequest, queryset: QuerySet) -> None:
         allowed = self.operable_queryset(request, queryset)
         skipped = queryset.count() - allowed.count()
         jobs = sum(services.resend_to_crm(call) for call in allowed)
-        self.message_user(request, f"Queued {jobs} message(s) to CRMs for {allowed.count()} call(s).")
+        self.message_user(
+            request,
+            _("Queued %(jobs)s message(s) to CRMs for %(calls)s call(s).")
+            % {"jobs": jobs, "calls": allowed.count()},
+        )
         if skipped:
             self.message_user(
-                request, f"{skipped} call(s) skipped: you only read those tenants.", messages.WARNING
+                request,
+                _("%(count)s call(s) skipped: you only read those tenants.") % {"count": skipped},
+                messages.WARNING,
             )
 
 
@@ -410,21 +496,21 @@ def hides_private_answers(request: HttpRequest, job: OutboundJob | None) -> bool
     return job is not None and not is_superuser(request) and job.connection.reaches_private_network()
 
 
-HIDDEN_ANSWER = "(hidden: the target is on a private network; the operator sees it)"
+HIDDEN_ANSWER = _("(hidden: the target is on a private network; the operator sees it)")
 
 
 class JobAttemptInline(ReadOnlyTenantInline):
     model = JobAttempt
     fields = ("started_at", "outcome", "status_code", "duration_ms", "batch_size", "error", "response")
     readonly_fields = (*fields, "response_hidden")
-    verbose_name_plural = "Attempts"
+    verbose_name_plural = _("Attempts")
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if hides_private_answers(request, obj):
             return tuple("response_hidden" if f == "response" else f for f in self.fields)
         return self.fields
 
-    @admin.display(description="Response")
+    @admin.display(description=_("Response"))
     def response_hidden(self, obj: JobAttempt) -> str:
         return HIDDEN_ANSWER if obj.response else ""
 
@@ -490,28 +576,85 @@ class OutboundJobAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             return tuple("last_response_hidden" if f == "last_response" else f for f in self.fields)
         return self.fields
 
-    @admin.display(description="Last response")
+    @admin.display(description=_("Last response"))
     def last_response_hidden(self, obj: OutboundJob) -> str:
         return HIDDEN_ANSWER if obj.last_response else ""
 
-    @admin.display(description="Call")
+    @admin.display(description=_("Call"))
     def call_link(self, obj: OutboundJob) -> SafeString | str:
         if not obj.call_id:
             return "—"
         url = reverse("admin:calls_call_change", args=[obj.call_id])
         return format_html('<a href="{}">{}</a>', url, obj.call)
 
-    @admin.action(description="Retry now (failed or dead jobs)", permissions=["operate"])
+    @admin.action(description=_("Retry now (failed or dead jobs)"), permissions=["operate"])
     def retry_now(self, request: HttpRequest, queryset: QuerySet) -> None:
         allowed = self.operable_queryset(request, queryset)
         retryable = allowed.filter(status__in=[OutboundJob.FAILED, OutboundJob.DEAD])
         ignored = queryset.count() - retryable.count()
         count = outbox.retry_now(retryable)
-        self.message_user(request, f"{count} job(s) queued to be sent again now.")
+        self.message_user(request, _("%(count)s job(s) queued to be sent again now.") % {"count": count})
         if ignored:
             self.message_user(
                 request,
-                f"{ignored} job(s) left alone: only failed or dead jobs of tenants you administer are retried.",
+                _(
+                    "%(count)s job(s) left alone: only failed or dead jobs of tenants you administer are retried."
+                )
+                % {"count": ignored},
+                messages.WARNING,
+            )
+
+
+@admin.register(CallEvent)
+class CallEventAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
+    """The inbox: every stored PBX event, whether the processor applied it, and why not (docs/operations.md)."""
+
+    writable = False
+    tenant_path = "pbx_connection__tenant"
+    list_display = (
+        "received_at",
+        "kind",
+        "provider_call_id",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+        "pbx_connection",
+    )
+    list_filter = ("status", "kind", ("pbx_connection", RelatedOnlyFieldListFilter))
+    search_fields = ("provider_call_id", "dedupe_key")
+    list_select_related = ("pbx_connection",)
+    actions = ["requeue"]
+    fields = (
+        "pbx_connection",
+        "provider_call_id",
+        "call",
+        "kind",
+        "order_key",
+        "dedupe_key",
+        "leg_id",
+        "occurred_at",
+        "received_at",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "processed_at",
+        "last_error",
+        "normalised",
+        "raw",
+    )
+
+    @admin.action(description=_("Apply again (failed events)"), permissions=["operate"])
+    def requeue(self, request: HttpRequest, queryset: QuerySet) -> None:
+        allowed = self.operable_queryset(request, queryset)
+        count = processor.requeue(allowed)
+        self.message_user(
+            request, _("%(count)s failed event(s) queued to be applied again.") % {"count": count}
+        )
+        if count < queryset.count():
+            self.message_user(
+                request,
+                _("Events that were not failed, or of tenants you do not administer, were left alone."),
                 messages.WARNING,
             )
 
@@ -556,7 +699,7 @@ class OriginateRequestAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     search_fields = ("phone", "extension", "correlation_id")
     list_select_related = ("tenant", "crm_connection")
 
-    @admin.display(description="Reason")
+    @admin.display(description=_("Reason"))
     def reason(self, obj: OriginateRequest) -> str:
         # Refusals by the click-to-call guard and PBX failures: what the CRM was answered.
         return obj.error[:200] if obj.status in (OriginateRequest.REFUSED, OriginateRequest.FAILED) else ""
@@ -581,11 +724,11 @@ class PlaybackLogAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     fields = ("at", "call_link", "address", "status", "client_id_used", "user_agent")
     readonly_fields = fields
 
-    @admin.display(description="Tenant")
+    @admin.display(description=_("Tenant"))
     def tenant(self, obj: PlaybackLog) -> Any:
         return obj.recording.call.tenant
 
-    @admin.display(description="Call")
+    @admin.display(description=_("Call"))
     def call_link(self, obj: PlaybackLog) -> SafeString:
         url = reverse("admin:calls_call_change", args=[obj.recording.call_id])
         return format_html('<a href="{}">{}</a>', url, obj.recording.call)

@@ -7,7 +7,7 @@ PBX says; everything else keeps its neutral default.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 EventKind = Literal["ringing", "answered", "held", "leg_ended", "completed", "recording_ready", "unknown"]
@@ -62,6 +62,9 @@ class NormalisedEvent:
     recording_expected: on `completed`/`recording_ready`, whether a recording file will exist (None = unknown).
     recording: provider hints for fetching it later (e.g. a recording id); never credentials.
     correlation_id: the id our click-to-call command got back (a session or command id).
+    settle: what the adapter still has to work out when the event is applied, because the webhook itself may
+        not do it (read the cache, look up the directory): the inbox processor hands such an event to the
+        adapter's `settle_event()` first. Empty = the event is complete as parsed.
     raw: the payload as received, with credentials stripped.
     """
 
@@ -86,6 +89,7 @@ class NormalisedEvent:
     recording: dict[str, Any] = field(default_factory=dict)
     correlation_id: str = ""
     final: bool = False
+    settle: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,10 +110,13 @@ class NormalisedEvent:
 
     def as_record(self) -> dict[str, Any]:
         """The normalised fields (without raw) as JSON-safe data, stored on the CallEvent."""
-        data = asdict(self)
-        data.pop("raw")
+        # Field by field rather than dataclasses.asdict (a deep copy of everything, raw included): webhooks call
+        # this on every event.
+        data = {name: getattr(self, name) for name in _RECORD_FIELDS}
         data["timestamp"] = self.timestamp.isoformat()
         data["extensions"] = list(self.extensions)
+        data["recording"] = dict(self.recording)
+        data["settle"] = dict(self.settle)
         return data
 
     @classmethod
@@ -119,6 +126,9 @@ class NormalisedEvent:
         values["extensions"] = tuple(values.get("extensions") or ())
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in known}, raw=raw or {})
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(NormalisedEvent) if f.name != "raw")
 
 
 def strip_credentials(payload: Any, secrets: list[str], keys: tuple[str, ...] = ()) -> Any:

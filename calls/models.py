@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets as pysecrets
 
+from django.conf import settings
 from django.core import signing
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from calls.events import KINDS, RESULTS
 from integrations.models import CrmConnection, PbxConnection, Tenant
@@ -27,46 +29,93 @@ def legacy_token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# What the admin calls each result and event kind (the stored values are our own enum, never translated).
+RESULT_LABELS = {
+    "answered": _("answered"),
+    "missed": _("missed"),
+    "cancelled": _("cancelled"),
+    "busy": _("busy"),
+    "no_answer": _("no answer"),
+    "not_available": _("not available"),
+    "not_allowed": _("not allowed"),
+    "failed": _("failed"),
+    "unknown": _("unknown"),
+}
+
+KIND_LABELS = {
+    "ringing": _("ringing"),
+    "answered": _("answered"),
+    "held": _("on hold"),
+    "leg_ended": _("leg ended"),
+    "completed": _("completed"),
+    "recording_ready": _("recording ready"),
+    "unknown": _("unknown"),
+}
+
+
 class Call(models.Model):
     IN, OUT, INTERNAL = "in", "out", "internal"
-    DIRECTIONS = [(IN, "incoming"), (OUT, "outgoing"), (INTERNAL, "internal"), ("", "unknown")]
-    RESULT_CHOICES = [(r, r.replace("_", " ")) for r in RESULTS] + [("", "in progress")]
+    DIRECTIONS = [(IN, _("incoming")), (OUT, _("outgoing")), (INTERNAL, _("internal")), ("", _("unknown"))]
+    RESULT_CHOICES = [(r, RESULT_LABELS.get(r, r.replace("_", " "))) for r in RESULTS] + [
+        ("", _("in progress"))
+    ]
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="calls")
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="calls", verbose_name=_("tenant")
+    )
     # RESTRICT: removing a PBX connection must not silently delete its call history (deleting the whole tenant
     # still does, since that cascades to both).
-    pbx_connection = models.ForeignKey(PbxConnection, on_delete=models.RESTRICT, related_name="calls")
-    provider_call_id = models.CharField(max_length=200)
-    direction = models.CharField(max_length=10, choices=DIRECTIONS, blank=True)
-    client_phone = models.CharField(max_length=20, blank=True, db_index=True, help_text="E.164")
-    client_phone_raw = models.CharField(max_length=200, blank=True)
-    external_phone = models.CharField(max_length=20, blank=True, help_text="The DID (E.164)")
+    pbx_connection = models.ForeignKey(
+        PbxConnection, on_delete=models.RESTRICT, related_name="calls", verbose_name=_("pbx connection")
+    )
+    provider_call_id = models.CharField(max_length=200, verbose_name=_("provider call id"))
+    direction = models.CharField(max_length=10, choices=DIRECTIONS, blank=True, verbose_name=_("direction"))
+    client_phone = models.CharField(
+        max_length=20, blank=True, db_index=True, help_text=_("E.164"), verbose_name=_("client phone")
+    )
+    client_phone_raw = models.CharField(max_length=200, blank=True, verbose_name=_("client phone raw"))
+    external_phone = models.CharField(
+        max_length=20, blank=True, help_text=_("The DID (E.164)"), verbose_name=_("external phone")
+    )
     location = models.CharField(
-        max_length=10, blank=True, help_text="Where the call is now: ivr, queue, agent"
+        max_length=10,
+        blank=True,
+        help_text=_("Where the call is now: ivr, queue, agent"),
+        verbose_name=_("location"),
     )
-    rang_extensions = models.JSONField(default=list, blank=True)
-    answered_extensions = models.JSONField(default=list, blank=True)
-    first_answered_extension = models.CharField(max_length=6, blank=True, db_index=True)
-    last_answered_extension = models.CharField(max_length=6, blank=True, db_index=True)
-    initiating_extension = models.CharField(max_length=6, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True, db_index=True)
-    answered_at = models.DateTimeField(null=True, blank=True)
-    ended_at = models.DateTimeField(null=True, blank=True)
-    talk_seconds = models.PositiveIntegerField(null=True, blank=True)
-    wait_seconds = models.PositiveIntegerField(null=True, blank=True)
-    result = models.CharField(max_length=20, choices=RESULT_CHOICES, blank=True, db_index=True)
-    ended = models.BooleanField(default=False, help_text="The PBX reported the end of the call.")
+    rang_extensions = models.JSONField(default=list, blank=True, verbose_name=_("rang extensions"))
+    answered_extensions = models.JSONField(default=list, blank=True, verbose_name=_("answered extensions"))
+    first_answered_extension = models.CharField(
+        max_length=6, blank=True, db_index=True, verbose_name=_("first answered extension")
+    )
+    last_answered_extension = models.CharField(
+        max_length=6, blank=True, db_index=True, verbose_name=_("last answered extension")
+    )
+    initiating_extension = models.CharField(max_length=6, blank=True, verbose_name=_("initiating extension"))
+    started_at = models.DateTimeField(null=True, blank=True, db_index=True, verbose_name=_("started at"))
+    answered_at = models.DateTimeField(null=True, blank=True, verbose_name=_("answered at"))
+    ended_at = models.DateTimeField(null=True, blank=True, verbose_name=_("ended at"))
+    talk_seconds = models.PositiveIntegerField(null=True, blank=True, verbose_name=_("talk seconds"))
+    wait_seconds = models.PositiveIntegerField(null=True, blank=True, verbose_name=_("wait seconds"))
+    result = models.CharField(
+        max_length=20, choices=RESULT_CHOICES, blank=True, db_index=True, verbose_name=_("result")
+    )
+    ended = models.BooleanField(
+        default=False, help_text=_("The PBX reported the end of the call."), verbose_name=_("ended")
+    )
     final_for_crm = models.BooleanField(
-        default=False, help_text="Outcome and recording expectation known: completion messages may go out."
+        default=False,
+        help_text=_("Outcome and recording expectation known: completion messages may go out."),
+        verbose_name=_("final for crm"),
     )
-    final_at = models.DateTimeField(null=True, blank=True)
-    recording_expected = models.BooleanField(null=True, blank=True)
-    completion_note = models.CharField(max_length=300, blank=True)
+    final_at = models.DateTimeField(null=True, blank=True, verbose_name=_("final at"))
+    recording_expected = models.BooleanField(null=True, blank=True, verbose_name=_("recording expected"))
+    completion_note = models.CharField(max_length=300, blank=True, verbose_name=_("completion note"))
     originate_request = models.ForeignKey(
         "OriginateRequest", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -76,9 +125,15 @@ class Call(models.Model):
             ),
         ]
         indexes = [models.Index(fields=["tenant", "-started_at"])]
+        verbose_name = _("call")
+        verbose_name_plural = _("calls")
 
     def __str__(self) -> str:
-        return f"{self.get_direction_display()} {self.client_phone or self.client_phone_raw} ({self.provider_call_id})"
+        # Plain words whatever the language: this text appears in log lines too.
+        direction = {self.IN: "incoming", self.OUT: "outgoing", self.INTERNAL: "internal"}.get(
+            self.direction, "call"
+        )
+        return f"{direction} {self.client_phone or self.client_phone_raw} ({self.provider_call_id})"
 
     @property
     def is_external(self) -> bool:
@@ -98,24 +153,55 @@ class Call(models.Model):
 
 
 class CallEvent(models.Model):
-    KIND_CHOICES = [(k, k) for k in KINDS]
+    """One PBX event, stored by the webhook (the inbox) and applied to its call by the inbox processor.
 
-    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events")
-    pbx_connection = models.ForeignKey(PbxConnection, on_delete=models.CASCADE, related_name="+")
-    dedupe_key = models.CharField(max_length=300)
-    order_key = models.CharField(max_length=100)
-    kind = models.CharField(max_length=20, choices=KIND_CHOICES)
-    leg_id = models.CharField(max_length=200, blank=True)
-    occurred_at = models.DateTimeField()
-    received_at = models.DateTimeField(default=timezone.now)
-    normalised = models.JSONField(default=dict)
-    raw = models.JSONField(default=dict, help_text="As received, credentials stripped")
+    The webhook writes only this row: `provider_call_id` names the call, `call` stays empty until a worker
+    applies the event (docs/pipeline.md "The inbox"). `status` says how far that got.
+    """
+
+    KIND_CHOICES = [(k, KIND_LABELS.get(k, k)) for k in KINDS]
+    PENDING, DONE, FAILED = "pending", "done", "failed"
+    STATUSES = [(PENDING, _("waiting to be applied")), (DONE, _("applied")), (FAILED, _("failed, skipped"))]
+
+    call = models.ForeignKey(
+        Call, null=True, blank=True, on_delete=models.CASCADE, related_name="events", verbose_name=_("call")
+    )
+    pbx_connection = models.ForeignKey(
+        PbxConnection, on_delete=models.CASCADE, related_name="+", verbose_name=_("pbx connection")
+    )
+    provider_call_id = models.CharField(max_length=200, default="", verbose_name=_("PBX call id"))
+    dedupe_key = models.CharField(max_length=300, verbose_name=_("dedupe key"))
+    order_key = models.CharField(max_length=100, verbose_name=_("order key"))
+    kind = models.CharField(max_length=20, choices=KIND_CHOICES, verbose_name=_("kind"))
+    leg_id = models.CharField(max_length=200, blank=True, verbose_name=_("leg id"))
+    occurred_at = models.DateTimeField(verbose_name=_("occurred at"))
+    received_at = models.DateTimeField(default=timezone.now, verbose_name=_("received at"))
+    normalised = models.JSONField(default=dict, verbose_name=_("normalised"))
+    raw = models.JSONField(
+        default=dict, help_text=_("As received, credentials stripped"), verbose_name=_("raw")
+    )
+    status = models.CharField(max_length=8, choices=STATUSES, default=PENDING, verbose_name=_("status"))
+    attempts = models.PositiveSmallIntegerField(default=0, verbose_name=_("attempts"))
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("Empty: as soon as possible"), verbose_name=_("next attempt at")
+    )
+    last_error = models.TextField(blank=True, verbose_name=_("last error"))
+    processed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("processed at"))
 
     class Meta:
         ordering = ["order_key", "id"]
         constraints = [
             models.UniqueConstraint(fields=["pbx_connection", "dedupe_key"], name="unique_call_event"),
         ]
+        indexes = [
+            # The processor's queue and /readyz's oldest pending event: small, only unapplied rows.
+            models.Index(
+                fields=["received_at"], name="callevent_pending_idx", condition=models.Q(status="pending")
+            ),
+            models.Index(fields=["pbx_connection", "provider_call_id"], name="callevent_provider_call_idx"),
+        ]
+        verbose_name = _("call event")
+        verbose_name_plural = _("call events")
 
     def __str__(self) -> str:
         return f"{self.kind} {self.occurred_at:%H:%M:%S}"
@@ -124,23 +210,36 @@ class CallEvent(models.Model):
 class RoutingDecision(models.Model):
     SOURCES = ["crm", "cache", "history", "none"]
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="routing_decisions")
-    pbx_connection = models.ForeignKey(PbxConnection, null=True, blank=True, on_delete=models.SET_NULL)
-    call = models.ForeignKey(
-        Call, null=True, blank=True, on_delete=models.SET_NULL, related_name="routing_decisions"
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="routing_decisions", verbose_name=_("tenant")
     )
-    provider_call_id = models.CharField(max_length=200, blank=True)
-    caller = models.CharField(max_length=20, blank=True)
-    did = models.CharField(max_length=20, blank=True)
-    extension = models.CharField(max_length=6, blank=True)
-    display_name = models.CharField(max_length=200, blank=True)
-    source = models.CharField(max_length=60, help_text="CRM connection key, cache, history or none")
-    latency_ms = models.PositiveIntegerField(default=0)
-    detail = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    pbx_connection = models.ForeignKey(
+        PbxConnection, null=True, blank=True, on_delete=models.SET_NULL, verbose_name=_("pbx connection")
+    )
+    call = models.ForeignKey(
+        Call,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="routing_decisions",
+        verbose_name=_("call"),
+    )
+    provider_call_id = models.CharField(max_length=200, blank=True, verbose_name=_("provider call id"))
+    caller = models.CharField(max_length=20, blank=True, verbose_name=_("caller"))
+    did = models.CharField(max_length=20, blank=True, verbose_name=_("did"))
+    extension = models.CharField(max_length=6, blank=True, verbose_name=_("extension"))
+    display_name = models.CharField(max_length=200, blank=True, verbose_name=_("display name"))
+    source = models.CharField(
+        max_length=60, help_text=_("CRM connection key, cache, history or none"), verbose_name=_("source")
+    )
+    latency_ms = models.PositiveIntegerField(default=0, verbose_name=_("latency ms"))
+    detail = models.JSONField(default=dict, blank=True, verbose_name=_("detail"))
+    created_at = models.DateTimeField(default=timezone.now, db_index=True, verbose_name=_("created at"))
 
     class Meta:
         ordering = ["-created_at"]
+        verbose_name = _("routing decision")
+        verbose_name_plural = _("routing decisions")
 
     def __str__(self) -> str:
         return f"{self.caller} → {self.extension or '-'} ({self.source})"
@@ -149,38 +248,50 @@ class RoutingDecision(models.Model):
 class OriginateRequest(models.Model):
     PENDING, OK, FAILED, REFUSED = "pending", "ok", "failed", "refused"
     STATUSES = [
-        (PENDING, "pending"),
-        (OK, "accepted by the PBX"),
-        (FAILED, "failed"),
-        (REFUSED, "refused by the click-to-call guard"),
+        (PENDING, _("pending")),
+        (OK, _("accepted by the PBX")),
+        (FAILED, _("failed")),
+        (REFUSED, _("refused by the click-to-call guard")),
     ]
     # Why the guard refused (never sent to the PBX); the detail is in `error`.
     THROTTLED, REGION, NUMBER_TYPE = "throttled", "region", "number_type"
     REFUSALS = [
-        (THROTTLED, "over CLICK_TO_CALL_THROTTLE"),
-        (REGION, "destination outside the tenant's click-to-call regions"),
-        (NUMBER_TYPE, "premium-rate or shared-cost number"),
+        (THROTTLED, _("over CLICK_TO_CALL_THROTTLE")),
+        (REGION, _("destination outside the tenant's click-to-call regions")),
+        (NUMBER_TYPE, _("premium-rate or shared-cost number")),
     ]
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="originate_requests")
-    pbx_connection = models.ForeignKey(PbxConnection, null=True, blank=True, on_delete=models.SET_NULL)
-    crm_connection = models.ForeignKey(CrmConnection, null=True, blank=True, on_delete=models.SET_NULL)
-    extension = models.CharField(max_length=6)
-    phone = models.CharField(max_length=20, help_text="E.164")
-    external_phone = models.CharField(max_length=20, blank=True)
-    crm_user_id = models.CharField(max_length=100, blank=True)
-    context = models.JSONField(default=dict, blank=True)
-    correlation_id = models.CharField(max_length=200, blank=True, db_index=True)
-    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
-    refusal = models.CharField(max_length=20, choices=REFUSALS, blank=True)
-    error = models.TextField(blank=True)
-    call = models.ForeignKey(Call, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="originate_requests", verbose_name=_("tenant")
+    )
+    pbx_connection = models.ForeignKey(
+        PbxConnection, null=True, blank=True, on_delete=models.SET_NULL, verbose_name=_("pbx connection")
+    )
+    crm_connection = models.ForeignKey(
+        CrmConnection, null=True, blank=True, on_delete=models.SET_NULL, verbose_name=_("crm connection")
+    )
+    extension = models.CharField(max_length=6, verbose_name=_("extension"))
+    phone = models.CharField(max_length=20, help_text=_("E.164"), verbose_name=_("phone"))
+    external_phone = models.CharField(max_length=20, blank=True, verbose_name=_("external phone"))
+    crm_user_id = models.CharField(max_length=100, blank=True, verbose_name=_("crm user id"))
+    context = models.JSONField(default=dict, blank=True, verbose_name=_("context"))
+    correlation_id = models.CharField(
+        max_length=200, blank=True, db_index=True, verbose_name=_("correlation id")
+    )
+    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING, verbose_name=_("status"))
+    refusal = models.CharField(max_length=20, choices=REFUSALS, blank=True, verbose_name=_("refusal"))
+    error = models.TextField(blank=True, verbose_name=_("error"))
+    call = models.ForeignKey(
+        Call, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", verbose_name=_("call")
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True, verbose_name=_("created at"))
 
     class Meta:
         ordering = ["-created_at"]
         # The click-to-call throttle counts a connection's recent requests on every make-call.
         indexes = [models.Index(fields=["crm_connection", "created_at"], name="originate_throttle_idx")]
+        verbose_name = _("click-to-call request")
+        verbose_name_plural = _("click-to-call requests")
 
     def __str__(self) -> str:
         return f"{self.extension} → {self.phone} ({self.status})"
@@ -194,27 +305,49 @@ class Recording(models.Model):
         "unavailable",
         "purged",
     )
-    STATES = [(s, s) for s in (EXPECTED, FETCHING, STORED, UNAVAILABLE, PURGED)]
+    STATES = [
+        (EXPECTED, _("expected")),
+        (FETCHING, _("fetching")),
+        (STORED, _("stored")),
+        (UNAVAILABLE, _("unavailable")),
+        (PURGED, _("purged")),
+    ]
 
-    call = models.OneToOneField(Call, on_delete=models.CASCADE, related_name="recording")
+    call = models.OneToOneField(
+        Call, on_delete=models.CASCADE, related_name="recording", verbose_name=_("call")
+    )
     # The link's token is derived, never stored: HMAC (SECRET_KEY, salted) over the id and this version.
     # Revoking a link bumps the version, so the old token stops matching (docs/recordings.md).
-    link_version = models.PositiveIntegerField(default=1, editable=False)
+    link_version = models.PositiveIntegerField(default=1, editable=False, verbose_name=_("link version"))
     legacy_token_hash = models.CharField(
-        max_length=64, blank=True, db_index=True, editable=False, help_text="SHA-256 of a pre-HMAC link"
+        max_length=64,
+        blank=True,
+        db_index=True,
+        editable=False,
+        help_text=_("SHA-256 of a pre-HMAC link"),
+        verbose_name=_("legacy token hash"),
     )
-    state = models.CharField(max_length=12, choices=STATES, default=EXPECTED)
+    state = models.CharField(max_length=12, choices=STATES, default=EXPECTED, verbose_name=_("state"))
     hints = models.JSONField(
-        default=dict, blank=True, help_text="PBX hints for fetching (ids), no credentials"
+        default=dict,
+        blank=True,
+        help_text=_("PBX hints for fetching (ids), no credentials"),
+        verbose_name=_("hints"),
     )
-    file = models.CharField(max_length=300, blank=True, help_text="Name in the recordings storage")
-    content_type = models.CharField(max_length=100, blank=True)
-    size = models.PositiveBigIntegerField(null=True, blank=True)
-    reason = models.TextField(blank=True)
-    stored_at = models.DateTimeField(null=True, blank=True)
-    purged_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    file = models.CharField(
+        max_length=300, blank=True, help_text=_("Name in the recordings storage"), verbose_name=_("file")
+    )
+    content_type = models.CharField(max_length=100, blank=True, verbose_name=_("content type"))
+    size = models.PositiveBigIntegerField(null=True, blank=True, verbose_name=_("size"))
+    reason = models.TextField(blank=True, verbose_name=_("reason"))
+    stored_at = models.DateTimeField(null=True, blank=True, verbose_name=_("stored at"))
+    purged_at = models.DateTimeField(null=True, blank=True, verbose_name=_("purged at"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
+
+    class Meta:
+        verbose_name = _("recording")
+        verbose_name_plural = _("recordings")
 
     def __str__(self) -> str:
         return f"recording of {self.call_id} ({self.state})"
@@ -243,47 +376,71 @@ class Recording(models.Model):
 
     @property
     def public_url(self) -> str:
-        from integrations.providers.base import public_base_url
-
-        return f"{public_base_url()}/records/{self.token}"
+        # From the setting itself: models import no provider code (STYLE.md item 16).
+        return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/records/{self.token}"
 
 
 class OutboundJob(models.Model):
     PENDING, SENT, FAILED, DEAD, EXPIRED = "pending", "sent", "failed", "dead", "expired"
-    STATUSES = [(s, s) for s in (PENDING, SENT, FAILED, DEAD, EXPIRED)]
+    STATUSES = [
+        (PENDING, _("pending")),
+        (SENT, _("sent")),
+        (FAILED, _("failed")),
+        (DEAD, _("dead")),
+        (EXPIRED, _("expired")),
+    ]
     OPEN = (PENDING,)
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="outbound_jobs")
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="outbound_jobs", verbose_name=_("tenant")
+    )
     pbx_connection = models.ForeignKey(
-        PbxConnection, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+        PbxConnection,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="jobs",
+        verbose_name=_("pbx connection"),
     )
     crm_connection = models.ForeignKey(
-        CrmConnection, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+        CrmConnection,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="jobs",
+        verbose_name=_("crm connection"),
     )
-    connection_ref = models.CharField(max_length=40, help_text="pbx:<id> or crm:<id>")
-    kind = models.CharField(max_length=60)
-    call = models.ForeignKey(Call, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
-    order_key = models.CharField(max_length=100, blank=True)
-    dedupe_key = models.CharField(max_length=300)
+    connection_ref = models.CharField(
+        max_length=40, help_text=_("pbx:<id> or crm:<id>"), verbose_name=_("connection ref")
+    )
+    kind = models.CharField(max_length=60, verbose_name=_("kind"))
+    call = models.ForeignKey(
+        Call, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs", verbose_name=_("call")
+    )
+    order_key = models.CharField(max_length=100, blank=True, verbose_name=_("order key"))
+    dedupe_key = models.CharField(max_length=300, verbose_name=_("dedupe key"))
     payload = models.JSONField(
-        default=dict, blank=True, help_text="Hints only; the message is built at send time"
+        default=dict,
+        blank=True,
+        help_text=_("Hints only; the message is built at send time"),
+        verbose_name=_("payload"),
     )
-    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
-    attempts = models.PositiveIntegerField(default=0)
-    due_at = models.DateTimeField(default=timezone.now)
-    next_attempt_at = models.DateTimeField(default=timezone.now)
-    window_ends_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    expires_on_call_end = models.BooleanField(default=False)
-    ordered = models.BooleanField(default=True)
-    lease_owner = models.CharField(max_length=64, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    last_error = models.TextField(blank=True)
-    last_status = models.PositiveIntegerField(null=True, blank=True)
-    last_response = models.TextField(blank=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    updated_at = models.DateTimeField(auto_now=True)
+    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING, verbose_name=_("status"))
+    attempts = models.PositiveIntegerField(default=0, verbose_name=_("attempts"))
+    due_at = models.DateTimeField(default=timezone.now, verbose_name=_("due at"))
+    next_attempt_at = models.DateTimeField(default=timezone.now, verbose_name=_("next attempt at"))
+    window_ends_at = models.DateTimeField(null=True, blank=True, verbose_name=_("window ends at"))
+    expires_at = models.DateTimeField(null=True, blank=True, verbose_name=_("expires at"))
+    expires_on_call_end = models.BooleanField(default=False, verbose_name=_("expires on call end"))
+    ordered = models.BooleanField(default=True, verbose_name=_("ordered"))
+    lease_owner = models.CharField(max_length=64, blank=True, verbose_name=_("lease owner"))
+    lease_expires_at = models.DateTimeField(null=True, blank=True, verbose_name=_("lease expires at"))
+    last_error = models.TextField(blank=True, verbose_name=_("last error"))
+    last_status = models.PositiveIntegerField(null=True, blank=True, verbose_name=_("last status"))
+    last_response = models.TextField(blank=True, verbose_name=_("last response"))
+    sent_at = models.DateTimeField(null=True, blank=True, verbose_name=_("sent at"))
+    created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -294,6 +451,8 @@ class OutboundJob(models.Model):
             models.Index(fields=["status", "next_attempt_at"]),
             models.Index(fields=["call", "connection_ref", "order_key"]),
         ]
+        verbose_name = _("outbound job")
+        verbose_name_plural = _("outbound jobs")
 
     def __str__(self) -> str:
         return f"{self.kind} → {self.connection_ref} ({self.status})"
@@ -307,17 +466,21 @@ class JobAttempt(models.Model):
     # fenced: the worker's lease had run out when it came back; its result changed nothing on the job.
     SENT, TRANSIENT, PERMANENT, FENCED = "sent", "transient", "permanent", "fenced"
 
-    job = models.ForeignKey(OutboundJob, on_delete=models.CASCADE, related_name="attempt_log")
-    started_at = models.DateTimeField(default=timezone.now)
-    duration_ms = models.PositiveIntegerField(default=0)
-    outcome = models.CharField(max_length=10)
-    status_code = models.PositiveIntegerField(null=True, blank=True)
-    error = models.TextField(blank=True)
-    response = models.TextField(blank=True)
-    batch_size = models.PositiveIntegerField(default=1)
+    job = models.ForeignKey(
+        OutboundJob, on_delete=models.CASCADE, related_name="attempt_log", verbose_name=_("job")
+    )
+    started_at = models.DateTimeField(default=timezone.now, verbose_name=_("started at"))
+    duration_ms = models.PositiveIntegerField(default=0, verbose_name=_("duration ms"))
+    outcome = models.CharField(max_length=10, verbose_name=_("outcome"))
+    status_code = models.PositiveIntegerField(null=True, blank=True, verbose_name=_("status code"))
+    error = models.TextField(blank=True, verbose_name=_("error"))
+    response = models.TextField(blank=True, verbose_name=_("response"))
+    batch_size = models.PositiveIntegerField(default=1, verbose_name=_("batch size"))
 
     class Meta:
         ordering = ["started_at", "id"]
+        verbose_name = _("attempt")
+        verbose_name_plural = _("attempts")
 
     def __str__(self) -> str:
         return f"{self.outcome} at {self.started_at:%Y-%m-%d %H:%M:%S}"
@@ -326,15 +489,19 @@ class JobAttempt(models.Model):
 class PlaybackLog(models.Model):
     """One request for a recording link, kept for the tenant's audit."""
 
-    recording = models.ForeignKey(Recording, on_delete=models.CASCADE, related_name="playbacks")
-    at = models.DateTimeField(default=timezone.now)
-    address = models.GenericIPAddressField(null=True, blank=True)
-    user_agent = models.CharField(max_length=300, blank=True)
-    status = models.PositiveIntegerField(default=200)
-    client_id_used = models.BooleanField(default=False)
+    recording = models.ForeignKey(
+        Recording, on_delete=models.CASCADE, related_name="playbacks", verbose_name=_("recording")
+    )
+    at = models.DateTimeField(default=timezone.now, verbose_name=_("at"))
+    address = models.GenericIPAddressField(null=True, blank=True, verbose_name=_("address"))
+    user_agent = models.CharField(max_length=300, blank=True, verbose_name=_("user agent"))
+    status = models.PositiveIntegerField(default=200, verbose_name=_("status"))
+    client_id_used = models.BooleanField(default=False, verbose_name=_("client id used"))
 
     class Meta:
         ordering = ["-at"]
+        verbose_name = _("recording playback")
+        verbose_name_plural = _("recording playbacks")
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.address} ({self.status})"

@@ -96,7 +96,7 @@ def close_as_unknown(job: OutboundJob, reason: str) -> None:
     if call.ended:
         return
     note = f"closed as unknown: the PBX refused to reconcile the call ({reason[:150]})"
-    from calls.services import ingest
+    from calls.processor import ingest
 
     ingest(call.pbx_connection, [unknown_completion(call, note)])
 
@@ -128,7 +128,7 @@ def is_unknown_close(event: NormalisedEvent) -> bool:
 
 
 def _ingest(job: OutboundJob, call: Call, events: list[NormalisedEvent]) -> None:
-    from calls.services import ingest
+    from calls.processor import ingest
 
     with outbox.on_behalf_of(job):  # fenced: a worker that lost its lease completes nothing
         ingest(call.pbx_connection, events)

@@ -1,8 +1,9 @@
-"""Ingest (idempotent), the call state machine, fan-out to CRM connections, click-to-call and recordings.
+"""The call state machine, fan-out to CRM connections, click-to-call and recordings.
 
-Every PBX adapter hands normalised events to `ingest()`. The call's state is recomputed from ALL its stored
-events on every change, so repeated and out-of-order events give the same final Call as in-order ones; the
-notices CRMs react to are derived from the difference. Jobs are written in the same transaction.
+Webhooks store normalised events in the inbox (calls.inbox); the inbox processor (calls.processor) hands each
+call's new events to `apply_events()`. The call's state is recomputed from ALL its applied events on every
+change, so repeated and out-of-order events give the same final Call as in-order ones; the notices CRMs react to
+are derived from the difference. Jobs are written in the same transaction.
 """
 
 from __future__ import annotations
@@ -13,18 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from calls import click_to_call, outbox
-from calls.events import NormalisedEvent, strip_credentials
+from calls.events import NormalisedEvent
 from calls.models import Call, CallEvent, OriginateRequest, Recording, RoutingDecision
 from calls.reconcile import is_unknown_close
 from integrations.models import CrmConnection, Extension, PbxConnection, Tenant
 from integrations.phones import InvalidPhone, to_e164
-from integrations.providers.base import JobSpec, Notice, ProviderError, WebhookInputError, get_provider
-from portal import logs
+from integrations.providers.base import JobSpec, Notice, ProviderError, get_provider
 
 logger = logging.getLogger("callbridge.ingest")
 
@@ -37,100 +37,37 @@ RECORDING_ORDER_KEY = "~~recording"
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Ingest
+# Applying events (the inbox processor, calls.processor, calls this under the call's lock)
 # ---------------------------------------------------------------------------------------------------------
 
 
-def ingest(pbx_connection: PbxConnection, events: Sequence[NormalisedEvent]) -> list[Call]:
-    """Store the events of one webhook and everything they cause, in one transaction. Repeating the same
-    webhook stores nothing new and creates no job. An event with a field longer than its column is bad input
-    (WebhookInputError: the PBX gets its own 4xx), refused before anything is stored."""
-    for event in events:
-        problem = event.oversized()
-        if problem:
-            raise WebhookInputError(problem)
-    by_call: dict[str, list[NormalisedEvent]] = {}
-    for event in events:
-        by_call.setdefault(event.provider_call_id, []).append(event)
-    calls = []
-    with transaction.atomic():
-        for provider_call_id, call_events in by_call.items():
-            calls.append(_ingest_call(pbx_connection, provider_call_id, call_events))
-    return calls
-
-
-def _lock_call(pbx_connection: PbxConnection, provider_call_id: str) -> tuple[Call, bool]:
-    call, created = Call.objects.get_or_create(
-        pbx_connection=pbx_connection,
-        provider_call_id=provider_call_id,
-        defaults={"tenant_id": pbx_connection.tenant_id},
-    )
-    if not created:
-        # Serialises concurrent webhooks of one call (PostgreSQL); SQLite serialises writers anyway.
-        call = Call.objects.select_for_update().get(pk=call.pk)
-    call.pbx_connection = pbx_connection
-    logs.bind(call=call.pk)
-    return call, created
-
-
-def _store_events(
-    pbx_connection: PbxConnection, call: Call, events: Sequence[NormalisedEvent]
-) -> list[NormalisedEvent]:
-    secrets = get_provider(pbx_connection).secret_values()
-    keys = [e.dedupe_key for e in events]
-    seen = set(
-        CallEvent.objects.filter(pbx_connection=pbx_connection, dedupe_key__in=keys).values_list(
-            "dedupe_key", flat=True
-        )
-    )
-    new: list[NormalisedEvent] = []
-    for event in events:
-        if event.dedupe_key in seen:
-            continue
-        seen.add(event.dedupe_key)
-        try:
-            with transaction.atomic():
-                CallEvent.objects.create(
-                    call=call,
-                    pbx_connection=pbx_connection,
-                    dedupe_key=event.dedupe_key[:300],
-                    order_key=event.order_key,
-                    kind=event.kind,
-                    leg_id=event.leg_id,
-                    occurred_at=event.timestamp,
-                    normalised=event.as_record(),
-                    raw=strip_credentials(event.raw, secrets),
-                )
-        except IntegrityError:  # the same webhook, stored by a concurrent request
-            continue
-        new.append(event)
-    return new
-
-
 def stored_events(call: Call) -> list[NormalisedEvent]:
-    # raw too: recompute() reads an adapter's `_note` from it (Call.completion_note).
-    return [NormalisedEvent.from_record(e.normalised, e.raw) for e in call.events.order_by("order_key", "id")]
+    """The call's applied events, in order. raw too: recompute() reads an adapter's `_note` from it
+    (Call.completion_note)."""
+    rows = call.events.filter(status=CallEvent.DONE).order_by("order_key", "id")
+    return [NormalisedEvent.from_record(e.normalised, e.raw) for e in rows]
 
 
-def _ingest_call(
-    pbx_connection: PbxConnection, provider_call_id: str, events: Sequence[NormalisedEvent]
-) -> Call:
-    call, created = _lock_call(pbx_connection, provider_call_id)
-    new = _store_events(pbx_connection, call, events)
-    if not new:
-        return call
-    adapter = get_provider(pbx_connection)
+def apply_events(
+    call: Call,
+    created: bool,
+    new: Sequence[NormalisedEvent],
+    all_events: Sequence[NormalisedEvent],
+    adapter: Any,
+) -> None:
+    """Everything new events cause: the call's state, attachments, the recording, the PBX adapter's own jobs
+    and the CRMs' jobs for the notices, written together (one dedupe lookup and one INSERT for all jobs)."""
     before = CallSnapshot.of(call)
-    all_events = stored_events(call)
     recompute(call, all_events, adapter)
     _attach_originate_request(call, all_events)
     call.save()
     if created:  # a decision made before the call existed is looked for once, with its first events
         _attach_routing_decision(call)
+    jobs = outbox.JobBatch()
     if call.final_for_crm:
         # Also after the call became final: a PBX may announce a recording late.
-        _expect_recording(call, all_events)
-    outbox.create_jobs(pbx_connection, adapter.jobs_after_ingest(call, new), call)
+        _expect_recording(call, all_events, jobs)
+    jobs.add(call.pbx_connection, adapter.jobs_after_ingest(call, new), call)
     if call.is_external:
         notices = compute_notices(call, before, new, all_events)
         if before.result == "unknown" and call.result not in ("", "unknown") and before.final_for_crm:
@@ -140,8 +77,8 @@ def _ingest_call(
                     "corrected", _last_order_key(all_events) + CORRECTED_SUFFIX, call.responsible_extension
                 )
             )
-        fan_out(call, notices)
-    return call
+        fan_out(call, notices, jobs)
+    jobs.write()
 
 
 @dataclass(frozen=True)
@@ -368,13 +305,12 @@ def _first_order_key(events: Sequence[NormalisedEvent]) -> str:
     return min((e.order_key for e in events if e.kind != "unknown"), default="")
 
 
-def fan_out(call: Call, notices: Sequence[Notice]) -> None:
-    """Every active CRM connection of the tenant turns the notices into its own jobs."""
+def fan_out(call: Call, notices: Sequence[Notice], jobs: outbox.JobBatch) -> None:
+    """Every active CRM connection of the tenant turns the notices into its own jobs (added to `jobs`)."""
     if not notices or not call.is_external:
         return
     for crm in CrmConnection.objects.filter(tenant_id=call.tenant_id, active=True).select_related("tenant"):
-        specs = get_provider(crm).jobs_for(call, notices)
-        outbox.create_jobs(crm, specs, call)
+        jobs.add(crm, get_provider(crm).jobs_for(call, notices), call)
 
 
 def resend_to_crm(call: Call) -> int:
@@ -402,7 +338,7 @@ def resend_to_crm(call: Call) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _expect_recording(call: Call, events: Sequence[NormalisedEvent]) -> None:
+def _expect_recording(call: Call, events: Sequence[NormalisedEvent], jobs: outbox.JobBatch) -> None:
     if not call.recording_expected:
         return
     hints: dict[str, Any] = {}
@@ -411,7 +347,7 @@ def _expect_recording(call: Call, events: Sequence[NormalisedEvent]) -> None:
     recording, created = Recording.objects.get_or_create(call=call, defaults={"hints": hints})
     if not created and hints and recording.hints != {**recording.hints, **hints}:
         Recording.objects.filter(pk=recording.pk).update(hints={**recording.hints, **hints})
-    outbox.create_jobs(
+    jobs.add(
         call.pbx_connection,
         [JobSpec("recording.fetch", f"recording:{recording.pk}", {"recording": recording.pk}, call=call)],
         call,
@@ -555,6 +491,7 @@ def _attach_early_call(request: OriginateRequest) -> None:
     event = (
         CallEvent.objects.filter(
             pbx_connection=request.pbx_connection,
+            call__isnull=False,  # an event not applied yet: the processor attaches the request itself
             call__originate_request__isnull=True,
             normalised__correlation_id=request.correlation_id,
         )

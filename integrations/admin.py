@@ -26,8 +26,10 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.module_loading import import_string
 from django.utils.safestring import SafeString
+from django.utils.translation import gettext_lazy as _
 
-from integrations import directory
+from integrations import admin_tenant_file as tenant_file_page
+from integrations import background, settings_form
 from integrations.admin_scoping import (
     SameTenantInlineFormSet,
     TenantScopedAdminMixin,
@@ -36,6 +38,7 @@ from integrations.admin_scoping import (
 )
 from integrations.crm_sync import request_crm_sync
 from integrations.invitations import EmailMembershipForm, announce
+from integrations.localtime import tenant_time
 from integrations.models import (
     Connection,
     CrmConnection,
@@ -78,22 +81,22 @@ def find_user(identifier: str) -> Any:
         return user
     by_email = list(User.objects.filter(email__iexact=identifier)[:2])
     if len(by_email) > 1:
-        raise ValidationError("Several users have this e-mail address: give the username.")
+        raise ValidationError(_("Several users have this e-mail address: give the username."))
     if not by_email:
-        raise ValidationError("No user with this username or e-mail address.")
+        raise ValidationError(_("No user with this username or e-mail address."))
     return by_email[0]
 
 
 class MembershipForm(forms.ModelForm):
     user_lookup = forms.CharField(
-        label="Existing user",
+        label=_("Existing user"),
         required=False,
-        help_text="Username or e-mail address of someone who already has a login.",
+        help_text=_("Username or e-mail address of someone who already has a login."),
     )
-    new_username = forms.CharField(label="Or a new user: username", required=False, max_length=150)
-    new_email = forms.EmailField(label="New user's e-mail", required=False)
+    new_username = forms.CharField(label=_("Or a new user: username"), required=False, max_length=150)
+    new_email = forms.EmailField(label=_("New user's e-mail"), required=False)
     new_password = forms.CharField(
-        label="New user's password",
+        label=_("New user's password"),
         required=False,
         strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
@@ -119,9 +122,9 @@ class MembershipForm(forms.ModelForm):
         lookup = (cleaned.get("user_lookup") or "").strip()
         username = (cleaned.get("new_username") or "").strip()
         if lookup and username:
-            raise ValidationError("Either name an existing user or create a new one, not both.")
+            raise ValidationError(_("Either name an existing user or create a new one, not both."))
         if not lookup and not username:
-            raise ValidationError("Name an existing user (username or e-mail) or create a new one.")
+            raise ValidationError(_("Name an existing user (username or e-mail) or create a new one."))
         if lookup:
             try:
                 user = find_user(lookup)
@@ -130,7 +133,11 @@ class MembershipForm(forms.ModelForm):
                 return cleaned
             tenant = cleaned.get("tenant") or (self.instance.tenant if self.instance.tenant_id else None)
             if tenant is not None and TenantMembership.objects.filter(tenant=tenant, user=user).exists():
-                self.add_error("user_lookup", f"{user.get_username()} is already a member of {tenant}.")
+                self.add_error(
+                    "user_lookup",
+                    _("%(user)s is already a member of %(tenant)s.")
+                    % {"user": user.get_username(), "tenant": tenant},
+                )
                 return cleaned
             self.instance.user = user
             return cleaned
@@ -145,11 +152,11 @@ class MembershipForm(forms.ModelForm):
         except ValidationError as exc:
             self.add_error("new_username", exc)
         if User.objects.filter(username__iexact=username).exists():
-            self.add_error("new_username", "This username is taken: add the existing user instead.")
+            self.add_error("new_username", _("This username is taken: add the existing user instead."))
         if not email:
-            self.add_error("new_email", "A new user needs an e-mail address.")
+            self.add_error("new_email", _("A new user needs an e-mail address."))
         if not password:
-            self.add_error("new_password", "A new user needs a password.")
+            self.add_error("new_password", _("A new user needs a password."))
         else:
             try:
                 password_validation.validate_password(password, User(username=username, email=email))
@@ -183,7 +190,7 @@ class MembershipFormSet(SameTenantInlineFormSet):
                 continue
             key = getattr(form, "member_key", "")
             if key and key in seen:
-                raise ValidationError("The same user appears twice.")
+                raise ValidationError(_("The same user appears twice."))
             seen.add(key)
 
 
@@ -194,7 +201,7 @@ class MembershipInline(TenantScopedInlineMixin, admin.TabularInline):
     fields = ("user_display", "role", "user_lookup", "new_username", "new_email", "new_password")
     readonly_fields = ("user_display",)
     extra = 0
-    verbose_name_plural = "Members (admins configure this tenant, support reads its call history)"
+    verbose_name_plural = _("Members (admins configure this tenant, support reads its call history)")
 
     def get_formset(self, request: HttpRequest, obj: Model | None = None, **kwargs: Any) -> Any:
         # Superusers find anyone (username or e-mail) or create a login with a password; tenant admins add by
@@ -209,7 +216,7 @@ class MembershipInline(TenantScopedInlineMixin, admin.TabularInline):
             return ("user_display", "role", "email")
         return super().get_fields(request, obj)
 
-    @admin.display(description="User")
+    @admin.display(description=_("User"))
     def user_display(self, obj: TenantMembership) -> str:
         return member_label(obj)
 
@@ -278,42 +285,82 @@ class ConnectionForm(forms.ModelForm):
     """Base of the per-provider connection forms built by connection_form_class()."""
 
     slots: ClassVar[list[SecretSlot]] = []
+    # The provider whose settings fields the form carries ("" = not chosen yet: the JSON editor alone).
+    provider_key: ClassVar[str] = ""
+    schema: ClassVar[tuple[Field, ...]] = ()
 
     settings = PrettyJSONField(
+        label=_("Settings as JSON"),
         required=False,
         widget=forms.Textarea(attrs={"rows": 8, "cols": 80, "class": "vLargeTextField"}),
-        help_text="A JSON object; keys the provider does not know are refused, missing ones take defaults.",
+        help_text=_(
+            "A JSON object; keys the provider does not know are refused, missing ones take defaults."
+        ),
     )
+    settings_as_json = forms.BooleanField(
+        label=_("Edit the settings as JSON (advanced)"),
+        required=False,
+        help_text=_("When ticked, the JSON below is saved and the fields above are ignored."),
+    )
+
+    @property
+    def uses_generated_settings(self) -> bool:
+        """The generated fields are saved unless the admin ticked "advanced", or posted none of them (a form
+        posted as before the fields existed: its JSON is the settings)."""
+        if not self.provider_key or self.cleaned_data.get("settings_as_json"):
+            return False
+        return any(name.startswith(settings_form.SETTING_PREFIX) for name in self.data)
+
+    def _update_errors(self, errors: ValidationError) -> None:
+        """The model's own settings checks (credential URLs must be https) name a key: shown at its field."""
+        if self.uses_generated_settings and hasattr(errors, "error_dict") and "settings" in errors.error_dict:
+            for error in errors.error_dict.pop("settings"):
+                for message in error.messages:
+                    key = message.split(":", 1)[0].removeprefix("settings.")
+                    target = settings_form.SETTING_PREFIX + key
+                    self.add_error(target if target in self.fields else None, message)
+        super()._update_errors(errors)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.generated: list[str] = []
+        if self.provider_key:
+            stored_settings = self.instance.settings if self.instance.pk else {}
+            for name, value in settings_form.initial_values(self.schema, stored_settings or {}).items():
+                self.initial.setdefault(name, value)
         stored = self.instance.secrets if self.instance.pk else {}
         for slot in self.slots:
             secret_field = self.fields.get(SECRET_PREFIX + slot.name)
             is_stored = bool(stored.get(slot.name))
             if secret_field is not None:
-                state = "Stored; leave blank to keep it." if is_stored else "Not set."
+                state = str(_("Stored; leave blank to keep it.") if is_stored else _("Not set."))
                 if slot.issued:
-                    state += ' Type "generate" or tick the box below for a new token.'
+                    state += " " + str(_('Type "generate" or tick the box below for a new token.'))
                 secret_field.help_text = state
             generate_field = self.fields.get(GENERATE_PREFIX + slot.name)
             if generate_field is not None:
                 # A connection without its token cannot authenticate its provider: offer one by default.
                 generate_field.initial = not is_stored
                 if is_stored:
-                    generate_field.help_text = "The current token stops working at once."
+                    generate_field.help_text = _("The current token stops working at once.")
 
     def clean_settings(self) -> dict[str, Any]:
         value = self.cleaned_data.get("settings")
         if value in (None, ""):
             return {}
         if not isinstance(value, dict):
-            raise ValidationError("Settings must be a JSON object.")
+            raise ValidationError(_("Settings must be a JSON object."))
         return value
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        if self.uses_generated_settings:
+            # The generated fields are the settings; anything else stored (a key from an older version) is
+            # refused by the schema as it would be in the JSON editor.
+            data, errors = settings_form.collect(self.schema, cleaned)
+            for name, message in errors.items():
+                self.add_error(name, message)
+            cleaned["settings"] = data
         provider = cleaned.get("provider") or self.instance.provider
         if provider not in REGISTRY:
             return cleaned  # the provider field carries the error
@@ -327,7 +374,9 @@ class ConnectionForm(forms.ModelForm):
             if slot.name not in own:
                 if typed:
                     self.add_error(
-                        SECRET_PREFIX + slot.name, f"{LABELS[provider]} has no secret {slot.name}."
+                        SECRET_PREFIX + slot.name,
+                        _("%(provider)s has no secret %(name)s.")
+                        % {"provider": LABELS[provider], "name": slot.name},
                     )
                 continue
             if wants_new and own[slot.name].issued:
@@ -336,7 +385,8 @@ class ConnectionForm(forms.ModelForm):
             elif typed == GENERATE:
                 self.add_error(
                     SECRET_PREFIX + slot.name,
-                    f"{LABELS[provider]} issues {slot.name} itself: paste the value from its cabinet.",
+                    _("%(provider)s issues %(name)s itself: paste the value from its cabinet.")
+                    % {"provider": LABELS[provider], "name": slot.name},
                 )
             elif typed:
                 secrets[slot.name] = typed
@@ -354,6 +404,10 @@ def connection_form_class(
     model: type[Connection], slots: list[SecretSlot], provider: str | None
 ) -> type[ConnectionForm]:
     attrs: dict[str, Any] = {"slots": slots, "__module__": __name__}
+    if provider in REGISTRY:
+        attrs["provider_key"] = provider
+        attrs["schema"] = provider_class(provider).settings_fields
+        attrs.update(settings_form.settings_fields(attrs["schema"]))
     for slot in slots:
         label = slot.name
         if provider is None:
@@ -366,16 +420,16 @@ def connection_form_class(
         )
         if slot.issued:
             attrs[GENERATE_PREFIX + slot.name] = forms.BooleanField(
-                label=f"Generate a new {slot.name}", required=False
+                label=_("Generate a new %(name)s") % {"name": slot.name}, required=False
             )
     return type(f"{model.__name__}Form", (ConnectionForm,), attrs)
 
 
 def secrets_help(writable: bool, new: bool) -> str:
     if not writable:
-        return "Secrets are encrypted at rest and never shown; this lists which ones are stored."
-    text = "Secrets are encrypted and never shown in this form. A blank field keeps the stored value."
-    return text + (" Fill in only the secrets of the provider you chose." if new else "")
+        return _("Secrets are encrypted at rest and never shown; this lists which ones are stored.")
+    text = str(_("Secrets are encrypted and never shown in this form. A blank field keeps the stored value."))
+    return text + (" " + str(_("Fill in only the secrets of the provider you chose.")) if new else "")
 
 
 class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
@@ -403,66 +457,101 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "allowed_networks":
             return CommaListField(
-                required=False, label="Allowed private networks", help_text=db_field.help_text
+                required=False, label=_("Allowed private networks"), help_text=db_field.help_text
             )
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
-    @admin.display(description="Last error")
+    @admin.display(description=_("Last error"))
     def last_error_hidden(self, obj: Connection) -> str:
         # What a private host answered is not shown to tenant staff: the portal must not become a way to read
         # an intranet service.
         return (
-            "An error occurred (hidden: the target is on a private network; the operator sees it)."
+            _("An error occurred (hidden: the target is on a private network; the operator sees it).")
             if (obj.last_error)
             else ""
         )
 
-    def slots_for(self, obj: Connection | None) -> list[SecretSlot]:
-        return secret_slots(self.model.SIDE, obj.provider if obj is not None else None)
+    def chosen_provider(self, request: HttpRequest | None, obj: Connection | None) -> str | None:
+        """The connection's provider; on the add page, the one picked (?provider=, or the posted form)."""
+        if obj is not None:
+            return obj.provider
+        if request is None:
+            return None
+        # The add page reloads with ?provider= once one is picked; its form posts back to the same address.
+        wanted = request.GET.get("provider", "")
+        return wanted if SIDES.get(wanted) == self.model.SIDE else None
+
+    def slots_for(self, obj: Connection | None, request: HttpRequest | None = None) -> list[SecretSlot]:
+        return secret_slots(self.model.SIDE, self.chosen_provider(request, obj))
 
     def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None) -> list[Any]:
         writable = self.has_change_permission(request, obj) if obj else self.has_add_permission(request)
+        provider = self.chosen_provider(request, obj)
         if writable:
             secret_fields: list[str] = []
-            for slot in self.slots_for(obj):
+            for slot in self.slots_for(obj, request):
                 secret_fields.append(SECRET_PREFIX + slot.name)
                 if slot.issued:
                     secret_fields.append(GENERATE_PREFIX + slot.name)
         else:
             secret_fields = ["secrets_status"]
-        providers = [obj.provider] if obj else [k for k, s in SIDES.items() if s == self.model.SIDE]
+        providers = [provider] if provider else [k for k, s in SIDES.items() if s == self.model.SIDE]
         settings_help = format_html_join(
             "",
             "<p><strong>{}</strong>: {}</p>",
-            ((LABELS[p], describe_fields(provider_class(p).settings_fields) or "none") for p in providers),
+            ((LABELS[p], describe_fields(provider_class(p).settings_fields) or "—") for p in providers),
         )
+        if writable and provider:
+            generated = [
+                settings_form.SETTING_PREFIX + f.name for f in provider_class(provider).settings_fields
+            ]
+            settings_sets: list[Any] = [
+                (_("Settings"), {"fields": generated}),
+                (
+                    _("Settings as JSON (advanced)"),
+                    {
+                        "fields": ["settings_as_json", "settings"],
+                        "classes": ["collapse"],
+                        "description": settings_help,
+                    },
+                ),
+            ]
+        else:
+            description = settings_help
+            if writable:
+                description = format_html(
+                    "<p>{}</p>{}",
+                    _("Pick the provider first: its settings then appear as form fields."),
+                    settings_help,
+                )
+            settings_sets = [(_("Settings"), {"fields": ["settings"], "description": description})]
         fieldsets: list[Any] = [
             (None, {"fields": list(self.main_fields)}),
-            ("Settings", {"fields": ["settings"], "description": settings_help}),
+            *settings_sets,
             (
-                "Secrets",
+                _("Secrets"),
                 {
                     "fields": secret_fields,
                     "description": secrets_help(writable, new=obj is None),
                 },
             ),
         ]
-        fieldsets.append(("Network", {"fields": ["allowed_networks"]}))
+        fieldsets.append((_("Network"), {"fields": ["allowed_networks"]}))
         if obj is not None:
-            fieldsets.append(("Inbound URLs", {"fields": ["inbound_urls_display", "public_id"]}))
+            fieldsets.append((_("Inbound URLs"), {"fields": ["inbound_urls_display", "public_id"]}))
             error_field = (
                 "last_error_hidden"
                 if "last_error_hidden" in self.get_readonly_fields(request, obj)
                 else "last_error"
             )
-            fieldsets.append(("Last error", {"fields": [error_field, "last_error_at"]}))
+            fieldsets.append((_("Last error"), {"fields": [error_field, "last_error_at"]}))
         return fieldsets
 
     def get_form(
         self, request: HttpRequest, obj: Connection | None = None, change: bool = False, **kwargs: Any
     ):
-        provider = obj.provider if obj is not None else None
-        kwargs["form"] = connection_form_class(self.model, self.slots_for(obj), provider)
+        provider = self.chosen_provider(request, obj)
+        kwargs["form"] = connection_form_class(self.model, self.slots_for(obj, request), provider)
         return super().get_form(request, obj, change=change, **kwargs)
 
     def save_model(self, request: HttpRequest, obj: Connection, form: Any, change: bool) -> None:
@@ -473,14 +562,14 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
             request_crm_sync(obj.tenant_id)  # settings or client_id changed: the CRM's copy follows
 
     # ---- displays ----
-    @admin.display(description="Error", boolean=True)
+    @admin.display(description=_("Error"), boolean=True)
     def error_flag(self, obj: Connection) -> bool:
         return bool(obj.last_error)
 
-    @admin.display(description="Inbound URLs")
+    @admin.display(description=_("Inbound URLs"))
     def inbound_urls_display(self, obj: Connection) -> SafeString | str:
         if obj is None or not obj.pk:
-            return "Shown once the connection is saved."
+            return _("Shown once the connection is saved.")
         urls = obj.inbound_urls()
         base = urls.pop("base", None)
         paste = ""
@@ -493,13 +582,13 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         listed = format_html_join("", "<li>{}: <code>{}</code></li>", urls.items())
         return format_html("{}<ul>{}</ul>", paste, listed)
 
-    @admin.display(description="Secrets")
+    @admin.display(description=_("Secrets"))
     def secrets_status(self, obj: Connection) -> str:
         if obj is None or not obj.pk:
             return "—"
         stored = obj.secrets or {}
         return "; ".join(
-            f"{f.name}: {'stored' if stored.get(f.name) else 'not set'}"
+            f"{f.name}: {_('stored') if stored.get(f.name) else _('not set')}"
             for f in obj.provider_cls.secret_fields
         )
 
@@ -516,6 +605,11 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
                 "<path:object_id>/secrets/<str:name>/regenerate/",
                 self.admin_site.admin_view(self.regenerate_secret_view),
                 name="{}_{}_regenerate_secret".format(*info),
+            ),
+            path(
+                "<path:object_id>/operations/<str:kind>/",
+                self.admin_site.admin_view(self.operation_view),
+                name="{}_{}_operation".format(*info),
             ),
             path(
                 "<path:object_id>/provider-page/",
@@ -548,26 +642,100 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         obj: Connection | None = None,
     ) -> HttpResponse:
         context["issued_secret_tools"] = self.issued_secret_tools(request, obj) if obj is not None else []
+        if obj is not None:
+            context["background"] = self.background_panel(request, obj)
         if obj is not None and obj.provider_cls.admin_page:
             info = self.opts.app_label, self.opts.model_name
             context["provider_page"] = {
                 "url": reverse("admin:{}_{}_provider_page".format(*info), args=[obj.pk]),
-                "title": obj.provider_cls.admin_page_title or "Provider page",
+                "title": obj.provider_cls.admin_page_title or _("Provider page"),
             }
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # ---- background operations: Test connection, directory import, the provider's own ----
+    def background_panel(self, request: HttpRequest, obj: Connection) -> dict[str, Any]:
+        """The connection page's operations: a button each (for those who may operate) and the latest run of
+        each with its progress or result and time. What a private host answered stays hidden from tenant staff."""
+        info = self.opts.app_label, self.opts.model_name
+        may_run = self.has_operate_permission(request) and bool(
+            self.operable_queryset(request, self.model.objects.filter(pk=obj.pk)).exists()
+        )
+        hidden = not is_superuser(request) and obj.reaches_private_network()
+        latest = {op.kind: op for op in background.latest(obj)}
+        rows = []
+        for kind in background.kinds_for(obj):
+            operation = latest.get(kind)
+            rows.append(
+                {
+                    "kind": kind,
+                    "label": background.label(kind),
+                    "url": reverse("admin:{}_{}_operation".format(*info), args=[obj.pk, kind]),
+                    "operation": operation,
+                    "when": tenant_time(
+                        operation and (operation.finished_at or operation.created_at),
+                        obj.tenant,
+                        seconds=True,
+                    ),
+                    "hidden": hidden,
+                }
+            )
+        return {
+            "rows": rows,
+            "may_run": may_run,
+            "busy": any(r["operation"] and not r["operation"].finished for r in rows),
+            "receive_only": not obj.provider_cls.check_sends_request,
+        }
+
+    def operation_view(self, request: HttpRequest, object_id: str, kind: str) -> HttpResponse:
+        obj = self.get_object(request, unquote(object_id))  # None outside the user's tenants
+        if obj is None:
+            raise Http404
+        if request.method != "POST":
+            return HttpResponseRedirect(
+                reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk])
+            )
+        if not self.operable_queryset(request, self.model.objects.filter(pk=obj.pk)).exists():
+            raise PermissionDenied
+        if kind not in background.kinds_for(obj):
+            raise Http404
+        background.queue(obj, kind, request.user)
+        self.message_user(
+            request,
+            _("%(operation)s queued: the result appears on this page in a few seconds.")
+            % {"operation": background.label(kind)},
+        )
+        return HttpResponseRedirect(
+            reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk])
+        )
+
+    def queue_for_selected(self, request: HttpRequest, queryset: QuerySet, kind: str) -> None:
+        queued = 0
+        for connection in self.operable_queryset(request, queryset).select_related("tenant"):
+            if kind in background.kinds_for(connection):
+                background.queue(connection, kind, request.user)
+                queued += 1
+        self.message_user(
+            request,
+            _("%(operation)s queued for %(count)s connection(s): each connection's page shows the result.")
+            % {"operation": background.label(kind), "count": queued},
+        )
+
+    @admin.action(description=_("Test connection"), permissions=["operate"])
+    def test_connection(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self.queue_for_selected(request, queryset, background.CHECK)
 
     def provider_page_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The provider's own page for one connection (Provider.admin_page), e.g. the sandbox CRM's inbox."""
         obj = self.get_object(request, unquote(object_id))  # None outside the user's tenants
         if obj is None or not obj.provider_cls.admin_page:
-            raise Http404("This connection's provider has no page of its own.")
+            raise Http404(_("This connection's provider has no page of its own."))
         return import_string(obj.provider_cls.admin_page)(request, obj, self)
 
     def _issued_secret_target(self, request: HttpRequest, object_id: str, name: str) -> Connection:
         obj = self.get_object(request, unquote(object_id))  # 404 outside the user's tenants
         if name not in obj.provider_cls.issued_secrets():
             # A secret the provider issued is write-only: there is nothing to reveal or regenerate here.
-            raise Http404("Only tokens the portal issues can be revealed or regenerated.")
+            raise Http404(_("Only tokens the portal issues can be revealed or regenerated."))
         if not self.has_change_permission(request, obj):
             raise PermissionDenied
         return obj
@@ -593,12 +761,25 @@ class ConnectionAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         token = (obj.secrets or {}).get(name, "")
         if token:
             self.log_change(request, obj, f"Revealed {name}.")  # who saw it; never the value
-        return self._secret_page(request, obj, name, title=f"{name} of {obj}", mode="reveal", token=token)
+        return self._secret_page(
+            request,
+            obj,
+            name,
+            title=_("%(name)s of %(connection)s") % {"name": name, "connection": obj},
+            mode="reveal",
+            token=token,
+        )
 
     def regenerate_secret_view(self, request: HttpRequest, object_id: str, name: str) -> HttpResponse:
         obj = self._issued_secret_target(request, object_id, name)
         if request.method != "POST":
-            return self._secret_page(request, obj, name, title=f"Regenerate {name} of {obj}?", mode="confirm")
+            return self._secret_page(
+                request,
+                obj,
+                name,
+                title=_("Regenerate %(name)s of %(connection)s?") % {"name": name, "connection": obj},
+                mode="confirm",
+            )
         obj.regenerate_secret(name)
         self.log_change(request, obj, f"Regenerated {name}.")
         announce_token(request, obj, name)
@@ -614,8 +795,12 @@ def announce_token(request: HttpRequest, obj: Connection, name: str) -> None:
     messages.warning(
         request,
         format_html(
-            "New {} for {}: <code>{}</code> — paste it into {} now. It is not shown again here; "
-            "tenant admins can reveal it from the connection page.",
+            str(
+                _(
+                    "New {} for {}: <code>{}</code> — paste it into {} now. It is not shown again here; "
+                    "tenant admins can reveal it from the connection page."
+                )
+            ),
             name,
             obj,
             obj.secrets[name],
@@ -626,7 +811,7 @@ def announce_token(request: HttpRequest, obj: Connection, name: str) -> None:
 
 @admin.register(PbxConnection)
 class PbxConnectionAdmin(ConnectionAdmin):
-    actions = ["import_extensions", "send_test_call"]
+    actions = ["test_connection", "import_extensions", "send_test_call"]
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         """The "Send test call" action is offered only where the user sees a PBX connection that plays them."""
@@ -636,7 +821,7 @@ class PbxConnectionAdmin(ConnectionAdmin):
             actions.pop("send_test_call", None)
         return actions
 
-    @admin.action(description="Send test call (sandbox PBX connections only)", permissions=["operate"])
+    @admin.action(description=_("Send test call (sandbox PBX connections only)"), permissions=["operate"])
     def send_test_call(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Plays the `answered` scenario through a simulated PBX. Never offered for a real PBX connection: the
         tenant's real CRMs would receive an invented call."""
@@ -647,7 +832,8 @@ class PbxConnectionAdmin(ConnectionAdmin):
             if not adapter.offers_test_call:
                 self.message_user(
                     request,
-                    f"{connection}: test calls are only for sandbox PBX connections; nothing was sent",
+                    _("%(connection)s: test calls are only for sandbox PBX connections; nothing was sent")
+                    % {"connection": connection},
                     messages.ERROR,
                 )
                 continue
@@ -658,23 +844,17 @@ class PbxConnectionAdmin(ConnectionAdmin):
                 continue
             self.message_user(request, f"{connection}: {report}")
 
-    @admin.action(description="Import extensions from PBX", permissions=["operate"])
+    @admin.action(description=_("Import extensions from PBX"), permissions=["operate"])
     def import_extensions(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for connection in self.operable_queryset(request, queryset).select_related("tenant"):
-            try:
-                report = directory.import_extensions(connection)
-            except Exception as exc:  # ProviderError / OutboundError: the PBX could not be asked
-                self.message_user(
-                    request, f"{connection}: the PBX directory could not be read: {exc}", messages.ERROR
-                )
-                continue
-            self.message_user(request, f"{connection}: {directory.describe(report)}")
+        # Up to ~13 s per PBX request: a worker runs it (integrations/background.py).
+        self.queue_for_selected(request, queryset, background.IMPORT_EXTENSIONS)
 
 
 @admin.register(CrmConnection)
 class CrmConnectionAdmin(ConnectionAdmin):
     list_display = ("__str__", "tenant", "provider", "priority", "active", "error_flag")
     main_fields = ("tenant", "key", "provider", "active", "priority")
+    actions = ["test_connection"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
         return [*super().get_readonly_fields(request, obj), "crm_proposals_display"]
@@ -682,10 +862,10 @@ class CrmConnectionAdmin(ConnectionAdmin):
     def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None) -> list[Any]:
         fieldsets = super().get_fieldsets(request, obj)
         if obj is not None and getattr(obj, "crm_proposals", None):
-            fieldsets.append(("Proposals from the CRM", {"fields": ["crm_proposals_display"]}))
+            fieldsets.append((_("Proposals from the CRM"), {"fields": ["crm_proposals_display"]}))
         return fieldsets
 
-    @admin.display(description="Entered in the CRM, not mapped here")
+    @admin.display(description=_("Entered in the CRM, not mapped here"))
     def crm_proposals_display(self, obj: CrmConnection) -> str:
         """What users entered in RetailCRM for extensions or phones the portal does not map (allow_crm_edits):
         kept in RetailCRM; "Import mappings edited in RetailCRM" adopts them."""
@@ -702,22 +882,16 @@ class CrmConnectionAdmin(ConnectionAdmin):
         for key, side in SIDES.items():
             if side != CRM:
                 continue
-            for name, (description, dotted) in provider_class(key).admin_operations.items():
+            for name, (description, _dotted) in provider_class(key).admin_operations.items():
                 action_name = f"{key}_{name}"
                 label = f"{LABELS[key]}: {description}"
-                actions[action_name] = (self._operation(key, dotted), action_name, label)
+                actions[action_name] = (self._operation(key, name), action_name, label)
         return actions
 
-    def _operation(self, provider: str, dotted: str) -> Any:
+    def _operation(self, provider: str, name: str) -> Any:
         def run(modeladmin: Any, request: HttpRequest, queryset: QuerySet) -> None:
-            operation = import_string(dotted)
-            for connection in self.operable_queryset(request, queryset).filter(provider=provider):
-                try:
-                    report = operation(connection)
-                except Exception as exc:  # ProviderError / OutboundError: shown, and flagged by the provider
-                    self.message_user(request, f"{connection}: {exc}", messages.ERROR)
-                    continue
-                self.message_user(request, f"{connection}: {report}")
+            # Each is one or more provider requests: a worker runs them (integrations/background.py).
+            self.queue_for_selected(request, queryset.filter(provider=provider), f"{provider}:{name}")
 
         return run
 
@@ -752,7 +926,7 @@ class ExtensionMappingInline(TenantScopedInlineMixin, admin.TabularInline):
     fields = ("crm_connection", "crm_user_id", "status", "status_at")
     readonly_fields = ("status", "status_at")
     extra = 0
-    verbose_name_plural = "CRM users"
+    verbose_name_plural = _("CRM users")
 
 
 @admin.register(Extension)
@@ -767,7 +941,7 @@ class ExtensionAdmin(CrmSyncOnChangeMixin, TenantScopedAdminMixin, admin.ModelAd
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).prefetch_related("mappings__crm_connection")
 
-    @admin.display(description="CRM users")
+    @admin.display(description=_("CRM users"))
     def crm_users(self, obj: Extension) -> str:
         return ", ".join(f"{m.crm_connection.key}: {m.crm_user_id}" for m in obj.mappings.all()) or "—"
 
@@ -776,7 +950,7 @@ class SiteCodeInline(TenantScopedInlineMixin, admin.TabularInline):
     model = ExternalPhoneSiteCode
     fields = ("crm_connection", "code")
     extra = 0
-    verbose_name_plural = "Site codes per CRM connection"
+    verbose_name_plural = _("Site codes per CRM connection")
 
 
 @admin.register(ExternalPhone)
@@ -791,7 +965,7 @@ class ExternalPhoneAdmin(CrmSyncOnChangeMixin, TenantScopedAdminMixin, admin.Mod
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).prefetch_related("site_codes__crm_connection")
 
-    @admin.display(description="Site codes")
+    @admin.display(description=_("Site codes"))
     def site_codes_summary(self, obj: ExternalPhone) -> str:
         return site_codes_text(obj)
 
@@ -822,13 +996,13 @@ class ConnectionSummaryInline(TenantScopedInlineMixin, admin.TabularInline):
 class PbxSummaryInline(ConnectionSummaryInline):
     model = PbxConnection
     fields = ("key", "provider", "active", "last_error")
-    verbose_name_plural = "PBX connections"
+    verbose_name_plural = _("PBX connections")
 
 
 class CrmSummaryInline(ConnectionSummaryInline):
     model = CrmConnection
     fields = ("key", "provider", "priority", "active", "last_error")
-    verbose_name_plural = "CRM connections"
+    verbose_name_plural = _("CRM connections")
 
 
 class ExtensionInline(TenantScopedInlineMixin, admin.TabularInline):
@@ -845,7 +1019,7 @@ class ExternalPhoneInline(TenantScopedInlineMixin, admin.TabularInline):
     extra = 0
     show_change_link = True  # site codes are edited on the phone's page
 
-    @admin.display(description="Site codes")
+    @admin.display(description=_("Site codes"))
     def site_codes(self, obj: ExternalPhone) -> str:
         return site_codes_text(obj)
 
@@ -870,7 +1044,7 @@ class TenantForm(forms.ModelForm):
     click_to_call_regions = CommaListField(
         upper=True,
         required=False,
-        label="Click-to-call regions",
+        label=_("Click-to-call regions"),
         help_text=Tenant._meta.get_field("click_to_call_regions").help_text + " Comma-separated.",
     )
 
@@ -906,10 +1080,61 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         ExternalPhoneInline,
     ]
 
+    change_form_template = "admin/integrations/tenant/change_form.html"
+
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         if any(fs.model in (Extension, ExternalPhone) and fs.has_changed() for fs in formsets):
             request_crm_sync(form.instance.pk)
+
+    # ---- the tenant file: download, upload with a dry-run diff (integrations/admin_tenant_file.py) ----
+    def get_urls(self) -> list[Any]:
+        custom = [
+            path(
+                "<path:object_id>/tenant-file/",
+                self.admin_site.admin_view(self.download_file_view),
+                name="integrations_tenant_file_download",
+            ),
+            path(
+                "<path:object_id>/tenant-file/upload/",
+                self.admin_site.admin_view(self.upload_file_view),
+                name="integrations_tenant_file_upload",
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def download_file_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        tenant = self.get_object(request, unquote(object_id))  # None outside the user's tenants
+        if tenant is None:
+            raise Http404
+        return tenant_file_page.download(tenant)
+
+    def upload_file_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        tenant = self.get_object(request, unquote(object_id))
+        if tenant is None:
+            raise Http404
+        if not self.has_change_permission(request, tenant):
+            raise PermissionDenied
+        form, result = tenant_file_page.upload_view(request, tenant)
+        applied = bool(request.method == "POST" and request.POST.get("apply") and result and result.ok)
+        if applied:
+            self.log_change(request, tenant, "Uploaded a tenant file.")
+            self.message_user(
+                request,
+                _("Tenant file applied: %(changes)s")
+                % {"changes": "; ".join(result.changes) or _("nothing changed")},
+            )
+            return HttpResponseRedirect(reverse("admin:integrations_tenant_change", args=[tenant.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": tenant,
+            "title": _("Upload a tenant file for %(tenant)s") % {"tenant": tenant},
+            "form": form,
+            "result": result,
+            "change_url": reverse("admin:integrations_tenant_change", args=[tenant.pk]),
+        }
+        return TemplateResponse(request, "admin/integrations/tenant/upload.html", context)
 
     # Creating and deleting whole tenants is the operator's job; tenant admins configure their own.
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -933,22 +1158,24 @@ class TenantAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return is_superuser(request)
 
-    @admin.display(description="Connections")
+    @admin.display(description=_("Connections"))
     def connections(self, obj: Tenant) -> str:
         connections = [*PbxConnection.objects.filter(tenant=obj), *CrmConnection.objects.filter(tenant=obj)]
         names = [f"{c.key} ({c.provider})" for c in connections]
         return ", ".join(names) or "—"
 
-    @admin.display(description="Add a connection")
+    @admin.display(description=_("Add a connection"))
     def add_connection_links(self, obj: Tenant) -> SafeString | str:
         if obj is None or not obj.pk:
             return "—"
         return format_html(
-            '<a href="{}?tenant={}">PBX connection</a> · <a href="{}?tenant={}">CRM connection</a>',
+            '<a href="{}?tenant={}" id="add-pbx-connection">{}</a> · <a href="{}?tenant={}" id="add-crm-connection">{}</a>',
             reverse("admin:integrations_pbxconnection_add"),
             obj.pk,
+            _("PBX connection"),
             reverse("admin:integrations_crmconnection_add"),
             obj.pk,
+            _("CRM connection"),
         )
 
 
@@ -984,10 +1211,10 @@ class TenantMembershipAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
         return ["tenant", "user_display"] if obj is not None else ["user_display"]
 
-    @admin.display(description="User")
+    @admin.display(description=_("User"))
     def user_display(self, obj: TenantMembership) -> str:
         return member_label(obj)
 
-    @admin.display(description="E-mail")
+    @admin.display(description=_("E-mail"))
     def email(self, obj: TenantMembership) -> str:
         return obj.user.email

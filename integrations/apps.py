@@ -1,9 +1,10 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class IntegrationsConfig(AppConfig):
     name = "integrations"
-    verbose_name = "Tenants and connections"
+    verbose_name = _("Tenants and connections")
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:

@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import IO, Any
@@ -1129,3 +1130,64 @@ def request(method: str, url: str, **kwargs: Any) -> requests.Response:
 def download(url: str, dest: IO[bytes], **kwargs: Any) -> tuple[str, int]:
     """:meth:`HttpClient.download` on the shared client."""
     return default_client().download(url, dest, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------- reachability probe
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What `probe()` found about a URL without sending it a request: the addresses its name resolves to and,
+    for https, the TLS certificate the server presented (verified as every request verifies it)."""
+
+    addresses: tuple[str, ...]
+    tls: bool
+    certificate_subject: str = ""
+    certificate_expires: str = ""
+
+
+def probe(url: str, *, timeout: float = 5.0) -> Probe:
+    """Check a URL as far as can be checked without sending it anything: the URL itself, DNS, and for https a
+    TLS handshake with certificate verification (for receivers such as WireCRM whose only endpoint would act on
+    any request). Raises a permanent OutboundError naming what failed."""
+    import ssl
+
+    shown = mask_url(url)
+    _preflight(url, shown, "")
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    addresses = _resolved(url)
+    if not addresses:
+        raise OutboundError(f"{shown}: the name {host} does not resolve", permanent=True, kind="connection")
+    allowed = [a for a in addresses if refusal_reason(a) is None]
+    if not allowed:
+        reason = refusal_reason(addresses[0])
+        raise OutboundError(
+            f"{shown}: address {addresses[0]} is not allowed ({reason})", permanent=True, kind="refused"
+        )
+    if parts.scheme.lower() != "https":
+        return Probe(tuple(str(a) for a in allowed), tls=False)
+    verify = tls_verify_value()
+    context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+    port = parts.port or 443
+    try:
+        with (
+            socket.create_connection((str(allowed[0]), port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            certificate = tls.getpeercert() or {}
+    except ssl.SSLError as exc:
+        raise OutboundError(
+            f"{shown}: TLS failed ({exc.reason or exc})", permanent=True, kind="tls"
+        ) from None
+    except OSError as exc:
+        raise OutboundError(
+            f"{shown}: could not connect ({exc})", permanent=False, kind="connection"
+        ) from None
+    subject = ", ".join("=".join(pair) for rdn in certificate.get("subject", ()) for pair in rdn)
+    return Probe(
+        tuple(str(a) for a in allowed),
+        tls=True,
+        certificate_subject=subject,
+        certificate_expires=str(certificate.get("notAfter", "")),
+    )

@@ -28,6 +28,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.encoding import force_bytes, force_str
 from django.utils.http import urlsafe_base64_decode, urlsafe_base64_encode
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 
@@ -105,7 +106,9 @@ def announce(request: HttpRequest, tenant: Tenant, email: str, link: str) -> str
 class EmailMembershipForm(forms.ModelForm):
     """What a tenant admin (not a superuser) fills in: the exact e-mail address and the role."""
 
-    email = forms.EmailField(label="E-mail address", required=False, help_text="The member's exact address.")
+    email = forms.EmailField(
+        label=_("E-mail address"), required=False, help_text=_("The member's exact address.")
+    )
 
     class Meta:
         model = TenantMembership
@@ -123,7 +126,7 @@ class EmailMembershipForm(forms.ModelForm):
             return cleaned
         email = (cleaned.get("email") or "").strip()
         if not email:
-            self.add_error("email", "The new member's e-mail address is required.")
+            self.add_error("email", _("The new member's e-mail address is required."))
             return cleaned
         tenant = cleaned.get("tenant") or (self.instance.tenant if self.instance.tenant_id else None)
         # Only about members of this tenant, whom the admin already sees in the list.
@@ -131,7 +134,7 @@ class EmailMembershipForm(forms.ModelForm):
             tenant is not None
             and TenantMembership.objects.filter(tenant=tenant, user__email__iexact=email).exists()
         ):
-            self.add_error("email", "Someone with this address is already a member of this tenant.")
+            self.add_error("email", _("Someone with this address is already a member of this tenant."))
         return cleaned
 
     @property

@@ -14,6 +14,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from integrations.crypto import EncryptedJSONField
 from integrations.phones import InvalidPhone, to_e164
@@ -79,41 +80,53 @@ class TenantQuerySet(models.QuerySet):
 
 
 class Tenant(models.Model):
-    name = models.CharField(max_length=200)
-    slug = models.SlugField(max_length=50, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=200, verbose_name=_("name"))
+    slug = models.SlugField(max_length=50, unique=True, validators=[slug_validator], verbose_name=_("slug"))
     region = models.CharField(
         max_length=2,
         default="RU",
         validators=[validate_region],
-        help_text="Region for parsing phone numbers.",
+        help_text=_("Region for parsing phone numbers."),
+        verbose_name=_("region"),
     )
-    time_zone = models.CharField(max_length=64, default="Europe/Moscow", validators=[validate_time_zone])
+    time_zone = models.CharField(
+        max_length=64, default="Europe/Moscow", validators=[validate_time_zone], verbose_name=_("time zone")
+    )
     retention_days = models.PositiveIntegerField(
         null=True,
         blank=True,
-        help_text="Delete recordings this many days after the call. Blank: keep forever.",
+        help_text=_("Delete recordings this many days after the call. Blank: keep forever."),
+        verbose_name=_("retention days"),
     )
     call_retention_days = models.PositiveIntegerField(
         null=True,
         blank=True,
-        help_text="Delete calls (phone numbers are personal data) with their events, routing decisions, "
-        "click-to-call requests, job attempts, recordings and playback logs this many days after the call. "
-        "Blank: keep everything.",
+        help_text=_(
+            "Delete calls (phone numbers are personal data) with their events, routing decisions, "
+            "click-to-call requests, job attempts, recordings and playback logs this many days after the call. "
+            "Blank: keep everything."
+        ),
+        verbose_name=_("call retention days"),
     )
     click_to_call_regions = models.JSONField(
         default=list,
         blank=True,
         validators=[validate_regions],
-        help_text="Click-to-call may dial numbers of these regions only (ISO 3166 codes such as RU, KZ). "
-        "Blank: the tenant's region. Premium-rate and shared-cost numbers are always refused.",
+        help_text=_(
+            "Click-to-call may dial numbers of these regions only (ISO 3166 codes such as RU, KZ). "
+            "Blank: the tenant's region. Premium-rate and shared-cost numbers are always refused."
+        ),
+        verbose_name=_("click to call regions"),
     )
-    active = models.BooleanField(default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    active = models.BooleanField(default=True, verbose_name=_("active"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
 
     objects = TenantQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
+        verbose_name = _("tenant")
+        verbose_name_plural = _("tenants")
 
     def __str__(self) -> str:
         return self.name
@@ -143,16 +156,23 @@ class Tenant(models.Model):
 class TenantMembership(models.Model):
     ADMIN = "admin"
     SUPPORT = "support"
-    ROLES = [(ADMIN, "Admin (configures the tenant)"), (SUPPORT, "Support (reads call history)")]
+    ROLES = [(ADMIN, _("Admin (configures the tenant)")), (SUPPORT, _("Support (reads call history)"))]
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tenant_memberships"
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("tenant")
     )
-    role = models.CharField(max_length=10, choices=ROLES, default=SUPPORT)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="tenant_memberships",
+        verbose_name=_("user"),
+    )
+    role = models.CharField(max_length=10, choices=ROLES, default=SUPPORT, verbose_name=_("role"))
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="unique_membership")]
+        verbose_name = _("membership")
+        verbose_name_plural = _("memberships")
 
     def __str__(self) -> str:
         # By e-mail, as tenant admins add members: a username would tell whether the address had a login already.
@@ -164,26 +184,36 @@ class Connection(models.Model):
 
     SIDE: str = ""
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="%(class)ss")
-    key = models.CharField(
-        max_length=50, validators=[slug_validator], help_text="Names the connection inside its tenant."
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="%(class)ss", verbose_name=_("tenant")
     )
-    provider = models.CharField(max_length=30)
-    active = models.BooleanField(default=True)
-    settings = models.JSONField(default=dict, blank=True)
-    secrets = EncryptedJSONField(default=dict, blank=True)
-    public_id = models.CharField(max_length=64, unique=True, default=new_public_id, editable=False)
+    key = models.CharField(
+        max_length=50,
+        validators=[slug_validator],
+        help_text=_("Names the connection inside its tenant."),
+        verbose_name=_("key"),
+    )
+    provider = models.CharField(max_length=30, verbose_name=_("provider"))
+    active = models.BooleanField(default=True, verbose_name=_("active"))
+    settings = models.JSONField(default=dict, blank=True, verbose_name=_("settings"))
+    secrets = EncryptedJSONField(default=dict, blank=True, verbose_name=_("secrets"))
+    public_id = models.CharField(
+        max_length=64, unique=True, default=new_public_id, editable=False, verbose_name=_("public id")
+    )
     allowed_networks = models.JSONField(
         default=list,
         blank=True,
         validators=[validate_networks],
-        help_text="Private networks (CIDRs) this connection alone may reach, e.g. an intranet PBX; besides "
-        "the operator's OUTBOUND_ALLOWED_NETWORKS. Only superusers change it.",
+        help_text=_(
+            "Private networks (CIDRs) this connection alone may reach, e.g. an intranet PBX; besides "
+            "the operator's OUTBOUND_ALLOWED_NETWORKS. Only superusers change it."
+        ),
+        verbose_name=_("allowed networks"),
     )
-    last_error = models.TextField(blank=True)
-    last_error_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    last_error = models.TextField(blank=True, verbose_name=_("last error"))
+    last_error_at = models.DateTimeField(null=True, blank=True, verbose_name=_("last error at"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
         abstract = True
@@ -288,10 +318,11 @@ class Connection(models.Model):
 class PbxConnection(Connection):
     SIDE = PBX
 
-    provider = models.CharField(max_length=30, choices=provider_choices(PBX))
+    provider = models.CharField(max_length=30, choices=provider_choices(PBX), verbose_name=_("provider"))
 
     class Meta:
-        verbose_name = "PBX connection"
+        verbose_name = _("PBX connection")
+        verbose_name_plural = _("PBX connections")
         constraints = [
             models.UniqueConstraint(fields=["tenant", "key"], name="unique_pbx_key"),
             models.UniqueConstraint(
@@ -310,19 +341,25 @@ class PbxConnection(Connection):
 class CrmConnection(Connection):
     SIDE = CRM
 
-    provider = models.CharField(max_length=30, choices=provider_choices(CRM))
+    provider = models.CharField(max_length=30, choices=provider_choices(CRM), verbose_name=_("provider"))
     priority = models.PositiveIntegerField(
-        default=10, help_text="Routing asks CRMs in this order: a lower number is asked first."
+        default=10,
+        help_text=_("Routing asks CRMs in this order: a lower number is asked first."),
+        verbose_name=_("priority"),
     )
     crm_proposals = models.JSONField(
         default=list,
         blank=True,
-        help_text="Mappings entered in the CRM that the portal does not have (RetailCRM with allow_crm_edits), "
-        "kept there and listed here at the last registration.",
+        help_text=_(
+            "Mappings entered in the CRM that the portal does not have (RetailCRM with allow_crm_edits), "
+            "kept there and listed here at the last registration."
+        ),
+        verbose_name=_("crm proposals"),
     )
 
     class Meta:
-        verbose_name = "CRM connection"
+        verbose_name = _("CRM connection")
+        verbose_name_plural = _("CRM connections")
         ordering = ["priority", "id"]
         constraints = [models.UniqueConstraint(fields=["tenant", "key"], name="unique_crm_key")]
 
@@ -332,25 +369,32 @@ class Extension(models.Model):
 
     USER = "user"
     GROUP = "group"
-    KINDS = ((USER, "employee"), (GROUP, "group"))
+    KINDS = ((USER, _("employee")), (GROUP, _("group")))
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="extensions")
-    number = models.CharField(max_length=6, validators=[extension_validator])
-    name = models.CharField(max_length=200, blank=True)
-    email = models.EmailField(blank=True)
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="extensions", verbose_name=_("tenant")
+    )
+    number = models.CharField(max_length=6, validators=[extension_validator], verbose_name=_("number"))
+    name = models.CharField(max_length=200, blank=True, verbose_name=_("name"))
+    email = models.EmailField(blank=True, verbose_name=_("email"))
     # A group (a PBX hunt group with its own PIN) is a routing target only: it rings its members, is never
     # mapped to a CRM user and never answers a call itself.
-    kind = models.CharField(max_length=10, choices=KINDS, default=USER)
+    kind = models.CharField(max_length=10, choices=KINDS, default=USER, verbose_name=_("kind"))
     sip_login = models.CharField(
         max_length=100,
         blank=True,
-        help_text="The employee's SIP login at the PBX (Rostelecom users_info `name`): events that name the "
-        "employee by login or SIP URI resolve to this extension.",
+        help_text=_(
+            "The employee's SIP login at the PBX (Rostelecom users_info `name`): events that name the "
+            "employee by login or SIP URI resolve to this extension."
+        ),
+        verbose_name=_("sip login"),
     )
 
     class Meta:
         ordering = ["number"]
         constraints = [models.UniqueConstraint(fields=["tenant", "number"], name="unique_extension")]
+        verbose_name = _("extension")
+        verbose_name_plural = _("extensions")
 
     def __str__(self) -> str:
         return f"{self.number} {self.name}".strip()
@@ -359,18 +403,27 @@ class Extension(models.Model):
 class ExtensionMapping(models.Model):
     """Extension ↔ a CRM user id, per CRM connection, with the user's last known status in that CRM."""
 
-    extension = models.ForeignKey(Extension, on_delete=models.CASCADE, related_name="mappings")
-    crm_connection = models.ForeignKey(CrmConnection, on_delete=models.CASCADE, related_name="mappings")
-    crm_user_id = models.CharField(max_length=100)
-    status = models.CharField(
-        max_length=30, blank=True, help_text="Last status the CRM reported (free, busy…)."
+    extension = models.ForeignKey(
+        Extension, on_delete=models.CASCADE, related_name="mappings", verbose_name=_("extension")
     )
-    status_at = models.DateTimeField(null=True, blank=True)
+    crm_connection = models.ForeignKey(
+        CrmConnection, on_delete=models.CASCADE, related_name="mappings", verbose_name=_("crm connection")
+    )
+    crm_user_id = models.CharField(max_length=100, verbose_name=_("crm user id"))
+    status = models.CharField(
+        max_length=30,
+        blank=True,
+        help_text=_("Last status the CRM reported (free, busy…)."),
+        verbose_name=_("status"),
+    )
+    status_at = models.DateTimeField(null=True, blank=True, verbose_name=_("status at"))
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["extension", "crm_connection"], name="unique_mapping"),
         ]
+        verbose_name = _("CRM user mapping")
+        verbose_name_plural = _("CRM user mappings")
 
     def __str__(self) -> str:
         return f"{self.extension.number} → {self.crm_connection.key}:{self.crm_user_id}"
@@ -389,13 +442,19 @@ class ExtensionMapping(models.Model):
 class ExternalPhone(models.Model):
     """A DID of the PBX, with a site/shop code per CRM connection (RetailCRM siteCode)."""
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="external_phones")
-    number = models.CharField(max_length=20, help_text="E.164; any common written form is accepted.")
-    label = models.CharField(max_length=200, blank=True)
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="external_phones", verbose_name=_("tenant")
+    )
+    number = models.CharField(
+        max_length=20, help_text=_("E.164; any common written form is accepted."), verbose_name=_("number")
+    )
+    label = models.CharField(max_length=200, blank=True, verbose_name=_("label"))
 
     class Meta:
         ordering = ["number"]
         constraints = [models.UniqueConstraint(fields=["tenant", "number"], name="unique_external_phone")]
+        verbose_name = _("external phone")
+        verbose_name_plural = _("external phones")
 
     def __str__(self) -> str:
         return f"{self.number} {self.label}".strip()
@@ -413,14 +472,89 @@ class ExternalPhone(models.Model):
 
 
 class ExternalPhoneSiteCode(models.Model):
-    external_phone = models.ForeignKey(ExternalPhone, on_delete=models.CASCADE, related_name="site_codes")
-    crm_connection = models.ForeignKey(CrmConnection, on_delete=models.CASCADE, related_name="site_codes")
-    code = models.CharField(max_length=100)
+    external_phone = models.ForeignKey(
+        ExternalPhone, on_delete=models.CASCADE, related_name="site_codes", verbose_name=_("external phone")
+    )
+    crm_connection = models.ForeignKey(
+        CrmConnection, on_delete=models.CASCADE, related_name="site_codes", verbose_name=_("crm connection")
+    )
+    code = models.CharField(max_length=100, verbose_name=_("code"))
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["external_phone", "crm_connection"], name="unique_site_code"),
         ]
+        verbose_name = _("site code")
+        verbose_name_plural = _("site codes")
 
     def __str__(self) -> str:
         return f"{self.crm_connection.key}: {self.code}"
+
+
+class ConnectionOperation(models.Model):
+    """One admin operation on a connection run by a worker, not inside the request: "Test connection", the
+    PBX directory import, a CRM's own operations (RetailCRM register / read back). The connection page shows
+    the latest of each kind with its progress, result and time (integrations/background.py)."""
+
+    QUEUED, RUNNING, OK, FAILED = "queued", "running", "ok", "failed"
+    STATUSES = [
+        (QUEUED, _("queued")),
+        (RUNNING, _("running")),
+        (OK, _("done")),
+        (FAILED, _("failed")),
+    ]
+
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="connection_operations", verbose_name=_("tenant")
+    )
+    pbx_connection = models.ForeignKey(
+        PbxConnection,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="operations",
+        verbose_name=_("pbx connection"),
+    )
+    crm_connection = models.ForeignKey(
+        CrmConnection,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="operations",
+        verbose_name=_("crm connection"),
+    )
+    kind = models.CharField(_("operation"), max_length=60)
+    status = models.CharField(_("status"), max_length=10, choices=STATUSES, default=QUEUED)
+    progress = models.CharField(_("progress"), max_length=200, blank=True)
+    # The requester's language: the worker writes the progress and the portal's own words in it.
+    language = models.CharField(_("language"), max_length=10, blank=True)
+    summary = models.TextField(_("result"), blank=True)
+    detail = models.TextField(_("provider's answer"), blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("requested by"),
+    )
+    created_at = models.DateTimeField(_("requested at"), default=timezone.now)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("connection operation")
+        verbose_name_plural = _("connection operations")
+        indexes = [models.Index(fields=["status", "created_at"], name="operation_queue_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.connection} ({self.status})"
+
+    @property
+    def connection(self) -> PbxConnection | CrmConnection:
+        return self.crm_connection if self.crm_connection_id else self.pbx_connection
+
+    @property
+    def finished(self) -> bool:
+        return self.status in {self.OK, self.FAILED}

@@ -10,7 +10,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("callbridge")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["calls"])
+app.autodiscover_tasks(["calls", "integrations"])
 
 
 def _connect_logging() -> None:

@@ -116,6 +116,18 @@ def check_services(wait: float = READYZ_WAIT_SECONDS) -> dict[str, str]:
     return {name: states[name] for name in CHECKS}
 
 
+def _inbox_oldest_pending_seconds() -> float | None:
+    """How long the oldest stored event has waited for the inbox processor (one index lookup); None when the
+    database cannot say. Informational: a lagging processor does not take the web server out of rotation."""
+    from calls.processor import oldest_pending_seconds
+
+    try:
+        return round(oldest_pending_seconds(), 3)
+    except Exception as exc:
+        logger.warning("readiness: inbox age unknown: %s", exc)
+        return None
+
+
 def readiness() -> dict[str, Any]:
     """The /readyz body, memoised for MEMO_SECONDS in this process."""
     global _memo
@@ -124,9 +136,13 @@ def readiness() -> dict[str, Any]:
     if memo is not None and now - memo[0] < MEMO_SECONDS:
         return memo[1]
     states = check_services()
+    database = states["database"]
     body = {
-        "status": "ok" if states["database"] == "ok" else "error",
-        **states,
+        "status": "ok" if database == "ok" else "error",
+        "database": database,
+        "inbox_oldest_pending_seconds": _inbox_oldest_pending_seconds() if database == "ok" else None,
+        "cache": states["cache"],
+        "broker": states["broker"],
         "broker_url_scheme": settings.CELERY_BROKER_URL.split("://", 1)[0],
     }
     _memo = (now, body)

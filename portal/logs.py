@@ -87,6 +87,42 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# Tasks beat starts every few seconds: their "received", "succeeded" and "Sending due task" lines would scroll
+# the console every 1.5 s. They are logged at DEBUG; what happened to calls and deliveries is logged at INFO
+# by calls.activity_log.
+ROUTINE_TASKS = (
+    "calls.tasks.relay",
+    "calls.tasks.run_periodic",
+    "integrations.tasks.sweep_connection_operations",
+    # Each delivery already has its own line (callbridge.activity), each operation its own (callbridge.operations).
+    "calls.tasks.send_jobs",
+    "integrations.tasks.run_connection_operation",
+)
+CELERY_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat", "celery.worker.request")
+# kombu's filesystem transport (make run's broker) says this on every connection: not news to anyone.
+ROUTINE_MESSAGES = ("No hostname was supplied. Reverting to default",)
+
+
+class RoutineTaskFilter(logging.Filter):
+    """Demotes Celery's lines about routine tasks (and kombu's filesystem-broker notice) to DEBUG: shown only when
+    LOG_LEVEL=DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        celery_info = record.levelno == logging.INFO and record.name.startswith(CELERY_LOGGERS)
+        kombu = record.levelno == logging.WARNING and record.name == "kombu.connection"
+        if not (celery_info or kombu):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is not this filter's business
+            return True
+        routine = ROUTINE_MESSAGES if kombu else ROUTINE_TASKS
+        if not any(text in message for text in routine):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {

@@ -86,16 +86,23 @@ class EventProcessing:
 
 
 def event_processing(now: dt.datetime) -> EventProcessing:
-    """Events applied to their calls (by PBX provider) and the backlog: how many wait, and for how long.
-
-    Today the webhook's request applies every event it stores, so every CallEvent is processed and the
-    backlog is empty. With the inbox (events stored by the webhook, applied by a worker), count the processed
-    ones and measure the unprocessed ones here: the metric names and labels stay the same.
-    """
+    """Events applied to their calls (by PBX provider) and the inbox's backlog: how many wait, and for how
+    long (webhooks store events; the inbox processor applies them)."""
     from calls.models import CallEvent
 
-    rows = CallEvent.objects.values("pbx_connection__provider").annotate(n=Count("id")).order_by()
-    return EventProcessing({r["pbx_connection__provider"]: r["n"] for r in rows}, 0, 0.0)
+    rows = (
+        CallEvent.objects.filter(status=CallEvent.DONE)
+        .values("pbx_connection__provider")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    pending = CallEvent.objects.filter(status=CallEvent.PENDING).aggregate(
+        n=Count("id"), oldest=Min("received_at")
+    )
+    oldest = (now - pending["oldest"]).total_seconds() if pending["oldest"] else 0.0
+    return EventProcessing(
+        {r["pbx_connection__provider"]: r["n"] for r in rows}, pending["n"], max(0.0, oldest)
+    )
 
 
 def _histogram(

@@ -1,4 +1,4 @@
-"""The local launcher behind `make run`: the web server, a real Celery worker and Celery beat, side by side.
+"""The local launcher behind `make run`: the web server, the inbox processor, a real Celery worker and Celery beat.
 
     python -m portal.runall                  prepare the database, then serve until Ctrl-C
     python -m portal.runall write-env PATH   write a first-run .env with fresh keys (never overwrites)
@@ -7,9 +7,9 @@ Preparing means `migrate`, `createcachetable` and, on the very first run only, `
 admin URL and the demo login) is shown once the web server listens, and kept in VAR_DIR/seed_demo.txt, the
 stamp that stops it from running again.
 
-The three processes stay in the launcher's process group, so a Ctrl-C in the terminal (or a signal to the whole
+The processes stay in the launcher's process group, so a Ctrl-C in the terminal (or a signal to the whole
 group) reaches all of them; the launcher also forwards SIGINT/SIGTERM as SIGTERM, which is a warm shutdown for
-the worker. When any of the three exits, the others are stopped too: a portal without its worker would accept
+the worker. When any of them exits, the others are stopped too: a portal without its worker would accept
 webhooks and never deliver them. Production runs these as separate services instead (README, docs/operations.md).
 """
 
@@ -105,6 +105,8 @@ def commands(port: int, var_dir: Path, log_level: str) -> dict[str, list[str]]:
             "--without-heartbeat",
         ],
         "beat": [*CELERY, "beat", f"--loglevel={log_level}", f"--schedule={var_dir / 'celerybeat-schedule'}"],
+        # Applies the events webhooks store (docs/pipeline.md "Inbox"); on SQLite it polls INBOX_POLL_SECONDS.
+        "inbox": [*MANAGE, "process_inbox"],
     }
 
 
@@ -179,7 +181,7 @@ def serve() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
     from django.conf import settings
 
-    # Reading the settings here fails fast, with the variable's name, before three processes start; it also
+    # Reading the settings here fails fast, with the variable's name, before the processes start; it also
     # loads .env into os.environ, so the children see the same configuration.
     port, var_dir, log_level = settings.PORT, Path(settings.VAR_DIR), settings.LOG_LEVEL
     var_dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +201,7 @@ def serve() -> int:
         announced = True
         lines = [
             "",
-            f"Callbridge is running: http://localhost:{port}/  (worker and beat beside it; Ctrl-C stops all three)",
+            f"Callbridge is running: http://localhost:{port}/  (inbox processor, worker and beat beside it; Ctrl-C stops all)",
             f"Admin: http://localhost:{port}/admin/",
         ]
         if seed_output is not None:

@@ -170,6 +170,13 @@ REQUEST_CACHE_TIMEOUT_SECONDS = _positive(
 # (the routing deadline passed) may still run so that its late answer is cached for the next call.
 ROUTING_TENANT_THREADS = int(_positive("ROUTING_TENANT_THREADS", _get("ROUTING_TENANT_THREADS", env.int, 8)))
 ROUTING_LOOKUP_SECONDS = _positive("ROUTING_LOOKUP_SECONDS", _get("ROUTING_LOOKUP_SECONDS", env.float, 5.0))
+# The relay keeps at most this many claims (one Celery task each: a job or a batch) published and not yet done,
+# so a backlog after an outage reaches the broker as fast as workers take it, not in one burst.
+OUTBOX_MAX_IN_FLIGHT = int(_positive("OUTBOX_MAX_IN_FLIGHT", _get("OUTBOX_MAX_IN_FLIGHT", env.int, 64)))
+# The inbox processor (manage.py process_inbox): how often it looks for stored events (one index lookup when
+# none waits), and how often one event is tried before it is marked failed and skipped.
+INBOX_POLL_SECONDS = _positive("INBOX_POLL_SECONDS", _get("INBOX_POLL_SECONDS", env.float, 0.1))
+INBOX_MAX_ATTEMPTS = int(_positive("INBOX_MAX_ATTEMPTS", _get("INBOX_MAX_ATTEMPTS", env.int, 5)))
 # The simulated providers (sandbox PBX and CRM) and their /sandbox/ pages: on for development, off in production
 # unless asked for. They stay registered either way; when off they refuse to work.
 SANDBOX_ENABLED = _bool("SANDBOX_ENABLED", DEBUG)
@@ -246,12 +253,13 @@ WEBHOOK_AUTH_FAILURE_THROTTLE = _rate(
 )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "portal.apps.CallbridgeAdminConfig",  # django.contrib.admin, with the tenant dashboard as its index
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.forms",  # widget templates of the project's own (templates/admin/callbridge/map_widget.html)
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -268,10 +276,15 @@ MIDDLEWARE = [
     "portal.metrics.WebhookMetricsMiddleware",
     "portal.logs.LogContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves collectstatic's files from the web process itself: one container needs no proxy rule for them.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Times shown to a tenant's staff are in the tenant's zone (integrations/localtime.py).
+    "integrations.localtime.TenantTimeZoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a lockout into its 429 page.
@@ -294,6 +307,7 @@ AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
 AXES_VERBOSE = False
 
 ROOT_URLCONF = "portal.urls"
+FORM_RENDERER = "django.forms.renderers.TemplatesSetting"
 WSGI_APPLICATION = "portal.wsgi.application"
 
 TEMPLATES = [
@@ -421,7 +435,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 }
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
-    "outbox-relay": {"task": "calls.tasks.relay", "schedule": schedule(1.5)},
+    # expires: a relay or inbox pass still queued when the next is due is dropped, not run late in a pile.
+    "outbox-relay": {"task": "calls.tasks.relay", "schedule": schedule(1.5), "options": {"expires": 1.5}},
+    "inbox-sweep": {"task": "calls.tasks.process_inbox", "schedule": schedule(5), "options": {"expires": 5}},
     "periodic-jobs": {"task": "calls.tasks.run_periodic", "schedule": schedule(60)},
     "reconcile-silent-calls": {
         "task": "calls.tasks.reconcile_silent_calls",
@@ -429,6 +445,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "options": {"expires": min(60.0, RECONCILE_AFTER_SECONDS / 3)},
     },
     "recordings-retention": {"task": "calls.tasks.purge_expired_recordings", "schedule": schedule(24 * 3600)},
+    # Admin operations (Test connection, directory import) whose message was lost: run by the sweep.
+    "connection-operations": {
+        "task": "integrations.tasks.sweep_connection_operations",
+        "schedule": schedule(60),
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -438,16 +459,24 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-LANGUAGE_CODE = "en-us"
+# The admin speaks Russian by default; English is one click away (the switch in the admin's header). What is
+# sent to providers and written to logs is never translated (docs/admin.md).
+LANGUAGE_CODE = "ru"
+LANGUAGES = [("ru", "Русский"), ("en", "English")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# The project's own static files: the admin's scripts and the vendored, pinned chart library (static/vendor/).
+STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # WhiteNoise serves what collectstatic gathered, gzip-compressed; no manifest, so a test run or a
+    # checkout without collectstatic still renders pages.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
     "recordings": {
         "BACKEND": RECORDINGS_STORAGE_BACKEND,
         "OPTIONS": (
@@ -491,7 +520,10 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "portal.logs.ContextFilter"}},
+    "filters": {
+        "context": {"()": "portal.logs.ContextFilter"},
+        "routine": {"()": "portal.logs.RoutineTaskFilter"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "portal.logs.JsonFormatter"},
@@ -500,7 +532,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json" if LOG_FORMAT == "json" else "plain",
-            "filters": ["context"],
+            "filters": ["context", "routine"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

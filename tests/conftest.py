@@ -33,6 +33,14 @@ def need_service(name: str, url: str, default_port: int) -> None:
     pytest.skip(message)
 
 
+@pytest.fixture
+def client():
+    """pytest-django's client, applying what webhooks store before returning (tests/inbox.py)."""
+    from tests.inbox import ProcessingClient
+
+    return ProcessingClient()
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
@@ -41,6 +49,9 @@ def django_db_setup(django_db_setup, django_db_blocker):
 
 @pytest.fixture(autouse=True)
 def _clear_cache(settings):
+    # The portal speaks Russian by default; the suite's assertions read the English source strings. Tests of
+    # the Russian admin (tests/admin_i18n/) ask for it with a cookie or translation.override.
+    settings.LANGUAGE_CODE = "en"
     from django.core.cache import cache
 
     from portal import fastcache

@@ -16,7 +16,8 @@ from django.utils import timezone
 from calls import outbox
 from calls.events import NormalisedEvent
 from calls.models import Call, Recording
-from calls.services import ingest, recording_stored
+from calls.processor import ingest
+from calls.services import recording_stored
 from integrations.providers import base
 from tests.pipeline.fake_providers import register
 

@@ -220,6 +220,7 @@ def test_settings_are_validated_by_the_providers_schema(world):
     client = client_for(world.admin_a)
     data = crm_payload(client, world.crm_a)
     data["settings"] = '{"api_url": "https://acme.planfix.ru/tel/api", "colour": "red"}'
+    data["settings_as_json"] = "on"  # the JSON editor is the "advanced" way; the fields are the usual one
     response = client.post(change_url(world.crm_a), data)
     assert response.status_code == 200
     assert "colour" in str(response.context["adminform"].form.errors)

@@ -716,3 +716,35 @@ def test_the_merged_ca_bundle_is_written_to_a_private_unpredictable_path(setting
 
 def test_default_timeout_is_a_connect_and_read_pair():
     assert len(DEFAULT_TIMEOUT) == 2 and all(t > 0 for t in DEFAULT_TIMEOUT)
+
+
+# --------------------------------------------------------------------------------------------- probe (no request)
+
+
+def test_probe_checks_dns_and_the_certificate_without_sending_a_request(tls_pbx, settings, private_pki):
+    """WireCRM's Test connection: the URL, its name and its TLS certificate, and not one HTTP request."""
+    from integrations.http import probe
+
+    settings.OUTBOUND_CA_BUNDLE = private_pki.ca
+    found = probe(tls_pbx.url("/hook", host="pbx.callbridge.test"))
+    assert found.tls and found.addresses == ("127.0.0.2",)
+    assert "pbx.callbridge.test" in found.certificate_subject and found.certificate_expires
+    assert tls_pbx.seen == []
+
+
+def test_probe_refuses_an_untrusted_certificate(tls_pbx):
+    from integrations.http import probe
+
+    with pytest.raises(OutboundError) as exc:
+        probe(tls_pbx.url("/hook", host="pbx.callbridge.test"))
+    assert exc.value.kind == "tls" and exc.value.permanent
+
+
+def test_probe_refuses_a_private_address_outside_the_allowed_networks(resolver, settings):
+    from integrations.http import probe
+
+    settings.OUTBOUND_ALLOWED_NETWORKS = []
+    resolver.names["crm.callbridge.test"] = ["10.1.2.3"]
+    with pytest.raises(OutboundError) as exc:
+        probe("https://crm.callbridge.test/hook")
+    assert exc.value.kind == "refused" and "10.1.2.3" in str(exc.value)

@@ -12,7 +12,7 @@ import responses
 
 from calls import routing
 from calls.models import Call, OriginateRequest, OutboundJob
-from calls.services import ingest
+from calls.processor import ingest
 from integrations.http import OutboundError
 from integrations.providers.base import Notice, RoutingQuery, SchemaError, get_provider
 from integrations.providers.planfix import PlanfixProvider

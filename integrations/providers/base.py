@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext
 from rest_framework.renderers import BaseRenderer
 
 if TYPE_CHECKING:
@@ -422,6 +423,9 @@ class Provider:
     # connection and the model admin), linked from the change form; "" = none. The sandbox CRM's inbox.
     admin_page: ClassVar[str] = ""
     admin_page_title: ClassVar[str] = ""
+    # False for a provider that only receives our webhooks and offers no harmless request to send it
+    # (WireCRM): its check_connection() checks the URL, DNS and TLS, and the connection page says so.
+    check_sends_request: ClassVar[bool] = True
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -526,6 +530,18 @@ class PbxProvider(Provider):
         said = [e.recording_expected for e in events if e.recording_expected is not None]
         return said[-1] if said else any(e.kind == "recording_ready" for e in events)
 
+    def store_events(self, events: Sequence[NormalisedEvent]) -> None:
+        """What a call-event webhook does with what it parsed: store it in the inbox, nothing more (the inbox
+        processor applies it). No cache, no broker, no call state here."""
+        from calls.inbox import store
+
+        store(self.connection, events, self.secret_values())
+
+    def settle_event(self, event: NormalisedEvent, received_at: dt.datetime) -> NormalisedEvent:
+        """Finish an event the webhook stored with `settle` hints (work the request may not do: the cache, the
+        directory); called by the inbox processor before the event is applied. Keeps the dedupe key."""
+        return event
+
     def jobs_after_ingest(self, call: Call, new_events: Sequence[NormalisedEvent]) -> list[JobSpec]:
         """Jobs towards the PBX itself that new events call for (call details, an IVR route, a grace timer)."""
         return []
@@ -544,6 +560,19 @@ class PbxProvider(Provider):
 
     def list_extensions(self) -> list[DirectoryEntry]:
         raise ProviderError(f"{self.key} has no directory", permanent=True)
+
+    def check_by_directory(self, request_name: str) -> CheckResult:
+        """check_connection() for a PBX whose directory request is harmless and authenticated: list it."""
+        from integrations.http import OutboundError
+
+        try:
+            entries = self.list_extensions()
+        except (ProviderError, OutboundError) as exc:
+            summary = gettext("%(request)s failed: %(error)s") % {"request": request_name, "error": exc}
+            return CheckResult(False, summary, str(getattr(exc, "body", "") or "")[:500])
+        shown = ", ".join(f"{e.number} {e.name}".strip() for e in entries[:20])
+        summary = gettext("%(request)s answered: %(count)s directory entries")
+        return CheckResult(True, summary % {"request": request_name, "count": len(entries)}, shown)
 
     def dedupe_key(self, event: NormalisedEvent) -> str:
         return event.dedupe_key

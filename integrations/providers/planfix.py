@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from django.utils.translation import gettext
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -32,6 +33,7 @@ from integrations.phones import digits_only
 from integrations.providers.base import (
     FINAL,
     POPUP,
+    CheckResult,
     CrmProvider,
     Field,
     JobSpec,
@@ -122,6 +124,10 @@ ANALYTICS_ATTRIBUTES: dict[str, Callable[[Call], Any]] = {
 
 # Refusals of the click-to-call guard (calls/click_to_call.py), in Planfix's error shape; the PBX was not asked.
 GUARD_STATUS = {"throttled": 429, "region": 403, "number_type": 403}
+
+
+# The number check_connection() asks about: a valid-looking number no client has, so nothing is found or changed.
+CHECK_PHONE = "70000000000"
 
 
 class PlanfixProvider(CrmProvider):
@@ -234,6 +240,31 @@ class PlanfixProvider(CrmProvider):
             raise
         # The example gives `responsible` as a JSON number, the table as a "short number": both are read.
         return routing_answer_from_json(response, "contact_name", "responsible")
+
+    # ---- Test connection --------------------------------------------------------------------------------
+
+    def check_connection(self) -> CheckResult:
+        """`contact` for a number no client has: a read that changes nothing in Planfix and proves the address
+        and planfix_token (a bad token is refused with 401/403)."""
+        url, token = self.settings.get("api_url"), self.secrets.get("planfix_token")
+        if not (url and token):
+            return CheckResult(False, gettext("api_url and planfix_token must both be set"))
+        fields = {"cmd": "contact", "phone": CHECK_PHONE, **self.token_fields()}
+        try:
+            response = post_form(url, fields, secrets=self.secret_values())
+        except OutboundError as exc:
+            status = {"status": exc.status}
+            if exc.status in {401, 403}:
+                summary = gettext("Planfix refused planfix_token (HTTP %(status)s)") % status
+                return CheckResult(False, summary, exc.body[:500])
+            if exc.permanent and exc.status is not None:
+                # An unknown number may be answered with a 4xx: the address and token were accepted.
+                summary = gettext("Planfix answered (HTTP %(status)s for an unknown number)") % status
+                return CheckResult(True, summary, exc.body[:500])
+            summary = gettext("Planfix could not be reached: %(error)s") % {"error": exc}
+            return CheckResult(False, summary, exc.body[:500])
+        summary = gettext("Planfix answered the contact request (HTTP %(status)s)")
+        return CheckResult(True, summary % {"status": response.status_code}, response.text[:500])
 
     # ---- outbound: event, record ------------------------------------------------------------------------
 

@@ -144,9 +144,7 @@ class SandboxPbxProvider(PbxProvider):
 
     def handle(self, request: Request, action: str) -> Response:
         if action == "events":
-            from calls.services import ingest
-
-            ingest(self.connection, [self.to_event(self.read_body(request))])
+            self.store_events([self.to_event(self.read_body(request))])
             return self.answer({"ok": True})
         if action == "route":
             return self.handle_route(self.read_body(request))
@@ -320,7 +318,7 @@ class SandboxPbxProvider(PbxProvider):
         if job.kind != DETAILS:
             return super().perform(job)
         from calls import outbox
-        from calls.services import ingest
+        from calls.processor import ingest
 
         call = job.call
         if call is None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -34,6 +35,7 @@ from integrations.http import OutboundError
 from integrations.phones import digits_only
 from integrations.providers.base import (
     FINAL,
+    CheckResult,
     CrmProvider,
     Field,
     JobKind,
@@ -358,6 +360,32 @@ class WireCrmProvider(CrmProvider):
         if not fields.get("internal"):
             fields.pop("internal", None)
         return fields
+
+    # WireCRM only receives our NOTIFY_* messages: any request to webhook_url would be taken as a call event.
+    check_sends_request = False
+
+    def check_connection(self) -> CheckResult:
+        """No harmless request exists (every POST to webhook_url is a call event), so check what can be
+        checked without sending: the URL, its DNS name and, for https, the TLS certificate."""
+        from integrations import http
+
+        url = self.secrets.get("webhook_url")
+        if not url:
+            return CheckResult(False, gettext("webhook_url is not set"))
+        try:
+            found = http.probe(url)
+        except OutboundError as exc:
+            return CheckResult(
+                False, gettext("WireCRM's webhook_url cannot be reached: %(error)s") % {"error": exc}
+            )
+        detail = f"addresses: {', '.join(found.addresses)}"
+        if found.tls:
+            detail += f"; certificate: {found.certificate_subject}, valid until {found.certificate_expires}"
+        return CheckResult(
+            True,
+            gettext("URL, DNS and TLS checked; WireCRM offers no harmless request, so no message was sent"),
+            detail,
+        )
 
     def _send(self, fields: dict[str, str], timeout: Any = None) -> Any:
         url = self.secrets.get("webhook_url")

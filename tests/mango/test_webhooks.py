@@ -490,3 +490,42 @@ def test_the_timestamp_offset_setting_is_auto_or_whole_seconds(tenant):
     connection.settings = {"timestamp_offset": "three hours"}
     with pytest.raises(ValidationError, match="timestamp_offset"):
         connection.clean()
+
+
+def test_the_webhook_stores_mangos_time_stamps_unshifted_and_the_processor_shifts_them(pbx, settings):
+    """Offset detection reads and writes the cache: it belongs to the inbox processor, not to the request. With
+    the cache pointed at a socket that never answers, the webhook is still answered at once and stores the
+    event with the PBX's own epoch; applying it shifts it by the detected offset."""
+    from django.core.cache import caches
+    from django.test import Client
+
+    from calls import processor
+    from tests.listener import Listener
+
+    listener = Listener()
+    real_caches = settings.CACHES
+    try:
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": f"redis://127.0.0.1:{listener.port}/1",
+                "OPTIONS": {"socket_connect_timeout": 3, "socket_timeout": 3},
+            }
+        }
+        now = int(time.time())
+        started = time.monotonic()
+        assert post(Client(), pbx, "events/call", leg_event(ts=now + 3 * 3600)).status_code == 200
+        assert time.monotonic() - started < 1.0
+        assert listener.connections() == 0, "the webhook touched the cache"
+    finally:
+        settings.CACHES = real_caches
+        caches["default"].close()
+        listener.close()
+    stored = CallEvent.objects.get()
+    assert stored.status == CallEvent.PENDING and stored.occurred_at == dt.datetime.fromtimestamp(
+        now + 3 * 3600, tz=UTC
+    )
+    processor.drain()
+    stored.refresh_from_db()
+    assert stored.status == CallEvent.DONE
+    assert abs((stored.occurred_at - timezone.now()).total_seconds()) < 60

@@ -13,7 +13,6 @@ import requests
 from rest_framework.response import Response
 
 from calls.events import NormalisedEvent
-from calls.services import ingest
 from integrations.providers.base import (
     FINAL,
     POPUP,
@@ -49,7 +48,7 @@ class FakePbx(PbxProvider):
             events = [to_event(item) for item in items]
         except (ValueError, KeyError, TypeError) as exc:
             raise WebhookInputError("Invalid JSON") from exc
-        ingest(self.connection, events)
+        self.store_events(events)  # as a real webhook: the inbox processor applies them
         return Response({"ok": True})
 
     def reconcile(self, call: Any) -> ReconcileResult:

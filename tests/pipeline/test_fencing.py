@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from calls import outbox, tasks
 from calls.models import JobAttempt, OutboundJob
-from calls.services import ingest
+from calls.processor import ingest
 from integrations import http
 from integrations.providers.base import REGISTRY, provider_class
 from tests.pipeline.fake_providers import to_event

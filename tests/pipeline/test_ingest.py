@@ -6,7 +6,7 @@ import random
 import pytest
 
 from calls.models import Call, CallEvent, OutboundJob, Recording
-from calls.services import ingest
+from calls.processor import ingest
 from tests.pipeline.fake_providers import to_event
 
 pytestmark = pytest.mark.django_db

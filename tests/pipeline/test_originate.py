@@ -13,7 +13,8 @@ import responses
 from django.utils import timezone
 
 from calls.models import Call, OriginateRequest
-from calls.services import MATCH_WINDOW, ingest, originate
+from calls.processor import ingest
+from calls.services import MATCH_WINDOW, originate
 from tests.factories import PbxConnectionFactory
 from tests.pipeline.fake_providers import to_event
 

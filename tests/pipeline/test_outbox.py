@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from calls import outbox
 from calls.models import JobAttempt, OutboundJob
-from calls.services import ingest
+from calls.processor import ingest
 from tests.pipeline.fake_providers import to_event
 
 pytestmark = pytest.mark.django_db
@@ -174,3 +174,38 @@ def test_retry_now_puts_failed_jobs_back(pbx, crm, extensions):
     assert outbox.retry_now(OutboundJob.objects.all()) == 1
     job.refresh_from_db()
     assert job.status == OutboundJob.PENDING and job.next_attempt_at <= timezone.now()
+
+
+def test_the_relay_claims_no_more_than_the_workers_can_take(pbx, crm, extensions, settings):
+    """After an outage a backlog reaches the broker as fast as workers finish claims, not in one burst; a claim
+    still queued keeps its lease and is not claimed again."""
+    settings.OUTBOX_MAX_IN_FLIGHT = 3
+    for n in range(10):
+        ingest(
+            pbx,
+            [
+                to_event({"call": f"b{n}", "kind": "ringing", "seq": 1}),
+                to_event({"call": f"b{n}", "kind": "completed", "seq": 9}),
+            ],
+        )
+    due = OutboundJob.objects.filter(status=OutboundJob.PENDING).count()
+    assert due >= 10
+    published: list[tuple[str, list[int]]] = []
+    assert outbox.relay(lambda owner, ids: published.append((owner, ids))) == 3
+    assert len(published) == 3
+    # Nothing finished: the workers are full, the next pass publishes nothing and re-claims nothing.
+    assert outbox.relay(lambda owner, ids: published.append((owner, ids))) == 0
+    assert len(published) == 3
+    # One claim done: one slot free, one more claim.
+    with responses.RequestsMock() as mocked:
+        mocked.add(responses.POST, CRM_URL, status=200)
+        outbox.run_claim(*published[0])
+    assert outbox.relay(lambda owner, ids: published.append((owner, ids))) == 1
+    claimed = [pk for _, ids in published for pk in ids]
+    assert len(claimed) == len(set(claimed)) == 4
+
+
+def test_the_relay_beat_entry_expires_before_the_next_is_due(settings):
+    for name in ("outbox-relay", "inbox-sweep"):
+        entry = settings.CELERY_BEAT_SCHEDULE[name]
+        assert entry["options"]["expires"] <= entry["schedule"].run_every.total_seconds()

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from calls import outbox
 from calls.models import OutboundJob
-from calls.services import ingest
+from calls.processor import ingest
 from tests.pipeline.fake_providers import to_event
 
 pytestmark = pytest.mark.django_db

@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from calls import outbox
 from calls.models import Call, CallEvent, OutboundJob
+from calls.processor import ingest
 from calls.reconcile import RECONCILE, schedule_reconciliation
-from calls.services import ingest
 from tests.pipeline.fake_providers import to_event
 
 pytestmark = pytest.mark.django_db

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from calls import routing
 from calls.models import Call, RoutingDecision
-from calls.services import ingest
+from calls.processor import ingest
 from integrations.models import ExtensionMapping
 from tests.factories import CrmConnectionFactory
 from tests.pipeline.fake_providers import to_event

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from calls.models import Call, OutboundJob
-from calls.services import ingest
+from calls.processor import ingest
 from tests.pipeline.fake_providers import to_event
 
 pytestmark = pytest.mark.django_db

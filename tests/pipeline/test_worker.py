@@ -13,10 +13,10 @@ from celery.contrib.testing.worker import start_worker
 from django.db import connection
 from responses.registries import OrderedRegistry
 
-from calls import outbox
 from calls.models import JobAttempt, OutboundJob
 from portal.celery import app
 from tests.conftest import need_service
+from tests.inbox import pump
 
 CRM_URL = "https://crm.example.test/hook"
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,7 +33,7 @@ def wait_until(predicate, timeout: float, step: float = 0.2, relay: bool = True)
     while time.monotonic() < deadline:
         if relay:
             with contextlib.suppress(Exception):  # a broker that is down refuses the publish: try again later
-                outbox.relay()
+                pump()
         if predicate():
             return True
         time.sleep(step)
@@ -129,7 +129,7 @@ def test_webhooks_never_wait_on_a_stopped_or_frozen_broker_and_nothing_is_lost(
                 response, took = webhook(client, pbx, f"stopped-{n}")
                 assert response.status_code == 200 and took < 1.0
             with contextlib.suppress(Exception):
-                outbox.relay()  # the relay cannot publish; the claims are released, nothing is lost
+                pump()  # the relay cannot publish; the claims are released, nothing is lost
             assert OutboundJob.objects.filter(status=OutboundJob.PENDING).count() == 5
 
             # The broker is back (without its data): everything goes out within a minute.

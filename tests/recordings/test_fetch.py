@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from calls import outbox, recordings
 from calls.models import JobAttempt, OutboundJob, Recording
-from calls.services import ingest
+from calls.processor import ingest
 from tests.pipeline.fake_providers import to_event
 from tests.recordings.conftest import LOOPBACK, MP3, mp3_answer, stored_files
 from tests.recordings.providers import LinkPbx

@@ -24,6 +24,7 @@ from tests.factories import (
     SiteCodeFactory,
     TenantFactory,
 )
+from tests.inbox import process_inbox
 from tests.pipeline.fake_providers import register
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "retailcrm"
@@ -57,6 +58,7 @@ def form_field(request: Any, name: str) -> Any:
 
 def run_due() -> None:
     """One relay pass whose published tasks run inline."""
+    process_inbox()
     outbox.relay(publish=lambda owner, ids: outbox.run_claim(owner, ids))
 
 

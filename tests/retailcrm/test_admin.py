@@ -7,6 +7,7 @@ import responses
 from django.urls import reverse
 
 from calls.models import OutboundJob
+from integrations import background
 from tests.admin_world import add_inline_row, client_for, form_payload, inline_prefix
 from tests.factories import MembershipFactory, UserFactory
 from tests.retailcrm.conftest import EDIT_URL, fixture_json
@@ -32,8 +33,14 @@ def run_action(client, action: str, crm):
 @responses.activate
 def test_tenant_admin_registers_the_module_from_the_admin_and_sees_unknown_users(world, tenant_admin):
     responses.add(responses.POST, EDIT_URL, json=fixture_json("integration_module_edit_info.json"))
-    page = run_action(tenant_admin, "retailcrm_register", world.crm).content.decode()
-    assert "telephony module registered (unknown user ids: 42; unknown site codes: shop9)" in page
+    assert "queued" in run_action(tenant_admin, "retailcrm_register", world.crm).content.decode()
+    assert len(responses.calls) == 0  # a worker runs it, not the request
+    assert background.run_queued() == 1
+    page = tenant_admin.get(reverse("admin:integrations_crmconnection_change", args=[world.crm.pk]))
+    assert (
+        "telephony module registered (unknown user ids: 42; unknown site codes: shop9)"
+        in page.content.decode()
+    )
     assert len(responses.calls) == 1
 
 

@@ -8,7 +8,7 @@ import pytest
 import responses
 
 from calls.models import OutboundJob
-from calls.services import ingest
+from calls.processor import ingest
 from tests.factories import ExternalPhoneFactory, SiteCodeFactory
 from tests.pipeline.fake_providers import to_event
 from tests.retailcrm.conftest import (

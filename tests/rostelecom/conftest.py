@@ -13,6 +13,7 @@ import pytest
 from calls import outbox
 from integrations.providers import base
 from tests.factories import ExtensionFactory, PbxConnectionFactory, TenantFactory
+from tests.inbox import process_inbox
 from tests.pipeline.fake_providers import register
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "rostelecom"
@@ -72,6 +73,7 @@ def post_all(client: Any, connection: Any, bodies: list[dict[str, Any]]) -> None
 
 def run_due() -> None:
     """One relay pass whose published tasks run inline (the worker itself is tested in tests/pipeline)."""
+    process_inbox()
     outbox.relay(publish=lambda owner, ids: outbox.run_claim(owner, ids))
 
 

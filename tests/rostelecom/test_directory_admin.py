@@ -7,6 +7,7 @@ import json
 import pytest
 import responses
 
+from integrations import background
 from integrations.models import Extension
 from tests.factories import MembershipFactory, PbxConnectionFactory, TenantFactory, UserFactory
 
@@ -39,5 +40,9 @@ def test_tenant_admin_imports_extensions_from_the_pbx_directory(client):
         follow=True,
     )
     assert response.status_code == 200
+    assert "queued" in response.content.decode()
+    assert not Extension.objects.filter(tenant=tenant).exists()  # the request only queued it
+    assert background.run_queued() == 1  # what the worker does
     assert sorted(Extension.objects.filter(tenant=tenant).values_list("number", flat=True)) == ["101", "102"]
-    assert "2 created" in response.content.decode()
+    page = client.get(f"/admin/integrations/pbxconnection/{pbx.pk}/change/").content.decode()
+    assert "2 created" in page

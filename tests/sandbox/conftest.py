@@ -25,6 +25,7 @@ from tests.factories import (
     PbxConnectionFactory,
     TenantFactory,
 )
+from tests.inbox import process_inbox, pump
 
 CALLER = "+79161110022"
 DID = "+74950000001"
@@ -86,7 +87,9 @@ def crm(sandbox_crm):
 def run_due(rounds: int = 30) -> None:
     """Relay passes whose published tasks run inline (the live-server tests use a real worker)."""
     for _ in range(rounds):
+        process_inbox()  # what the played webhooks stored
         outbox.relay(publish=lambda owner, ids: outbox.run_claim(owner, ids))
+    process_inbox()
 
 
 def post_simulated(client: Any, requests: list[Any]) -> list[Any]:
@@ -105,7 +108,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.25) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
-            outbox.relay()
+            pump()
         if predicate():
             return True
         time.sleep(step)
@@ -138,7 +141,7 @@ def beat(worker) -> Iterator[None]:
         try:
             while not stop.wait(0.5):
                 with contextlib.suppress(Exception):
-                    outbox.relay()
+                    pump()
         finally:
             connection.close()
 

@@ -17,7 +17,15 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
 from api.models import ApiKey
-from calls.models import Call, OriginateRequest, OutboundJob, PlaybackLog, Recording, RoutingDecision
+from calls.models import (
+    Call,
+    CallEvent,
+    OriginateRequest,
+    OutboundJob,
+    PlaybackLog,
+    Recording,
+    RoutingDecision,
+)
 from integrations.models import (
     CrmConnection,
     Extension,
@@ -72,6 +80,15 @@ OBJECTS: dict[type[models.Model], Callable[[World, str], models.Model]] = {
     ExternalPhone: lambda w, s: getattr(w, f"phone_{s}"),
     Call: _call_of,
     OutboundJob: _job,
+    CallEvent: lambda w, s: CallEvent.objects.create(
+        call=_call_of(w, s),
+        pbx_connection=getattr(w, f"pbx_{s}"),
+        provider_call_id=f"call-{s}",
+        dedupe_key=f"event-{s}",
+        order_key="1",
+        kind="ringing",
+        occurred_at=timezone.now(),
+    ),
     RoutingDecision: lambda w, s: RoutingDecision.objects.create(
         tenant=getattr(w, f"tenant_{s}"), caller="+79161234567", source="none"
     ),
@@ -87,10 +104,12 @@ SUPERUSER_ONLY = {"auth.user", "auth.group", "axes.accessattempt", "axes.accessl
 URL_ARGUMENTS: dict[str, dict[str, str]] = {
     "_reveal_secret": {"name": "pbx_token"},
     "_regenerate_secret": {"name": "pbx_token"},
+    "_operation": {"kind": "check_connection"},
 }
 # Every non-admin URL pattern, by name (or route) and how it is scoped; checked in test_endpoints_*.
 ENDPOINTS = {
     "healthz": "public probe, no tenant data",
+    "set_language": "Django's language switch: sets the visitor's own language cookie, no tenant data",
     "readyz": "public probe, no tenant data",
     "hook": "the connection's own credentials (tests/webhook_security.py; below: A's at B's URL)",
     "^hooks/(?P<provider>[a-z0-9_]+)/(?P<public_id>[A-Za-z0-9_-]+)/$": "as `hook`",

@@ -26,13 +26,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from django.core.cache import cache
 from django.utils import timezone
 
 from integrations.phones import to_e164_or_none
-from integrations.providers.base import Field, JobKind, JobSpec, PbxProvider, SchemaError
+from integrations.providers.base import CheckResult, Field, JobKind, JobSpec, PbxProvider, SchemaError
 from integrations.providers.mango.api import MangoApi
 from integrations.providers.mango.reconcile import MangoReconciliation
 from integrations.providers.mango.simulate import MangoSimulation
@@ -106,19 +107,22 @@ class MangoProvider(MangoWebhooks, MangoApi, MangoReconciliation, MangoSimulatio
         tenant = getattr(self.connection, "tenant", None)
         return getattr(tenant, "region", "") or "RU"
 
-    def _offset(self, reference: int | None = None) -> int:
+    def _offset(self, reference: int | None = None, received_at: dt.datetime | None = None) -> int:
         """Seconds to add to Mango's epoch values to get true UTC (open question 13).
 
         A number in `timestamp_offset` is used as is. `auto` compares a real-time event's time stamp with the
         receipt time: about 0 means UTC, about +3 h means the values are Moscow wall time written as epoch
         ("UTC+3", as the current documentation labels them), so 3 h are subtracted. A confident answer is
-        remembered per connection for payloads that cannot tell (statistics, late events)."""
-        setting = str(self.settings.get("timestamp_offset") or "auto")
-        if setting != "auto":
-            return _int(setting, 0) or 0
+        remembered per connection (in the cache) for payloads that cannot tell (statistics, late events).
+        Webhooks never call this with `auto` (no cache in their request): their events carry the time stamp
+        in `settle` and settle_event() shifts them when the inbox processor applies them."""
+        setting = self._fixed_offset()
+        if setting is not None:
+            return setting
         memory_key = f"mango:timestamp-offset:{self.connection.pk}"
         if reference:
-            gap = reference - int(time.time())
+            received = int(received_at.timestamp()) if received_at else int(time.time())
+            gap = reference - received
             for offset in (0, -MOSCOW_SHIFT, MOSCOW_SHIFT):
                 if abs(gap + offset) <= OFFSET_TOLERANCE:
                     if cache.get(memory_key) != offset:
@@ -129,6 +133,26 @@ class MangoProvider(MangoWebhooks, MangoApi, MangoReconciliation, MangoSimulatio
         remembered = cache.get(memory_key)
         return int(remembered) if remembered is not None else 0
 
+    def _fixed_offset(self) -> int | None:
+        """The configured offset in seconds; None when `auto` (detected from the events)."""
+        setting = str(self.settings.get("timestamp_offset") or "auto")
+        return None if setting == "auto" else (_int(setting, 0) or 0)
+
+    def settle_event(self, event: NormalisedEvent, received_at: dt.datetime) -> NormalisedEvent:
+        """Shift a webhook's event by the detected clock offset: its time stamp and the second its order key
+        starts with (every Mango order key does: wire._order_key)."""
+        if "clock" not in event.settle:
+            return event
+        offset = self._offset(event.settle.get("clock") or None, received_at)
+        if not offset:
+            return event
+        epoch, _, rest = event.order_key.partition(".")
+        return replace(
+            event,
+            timestamp=event.timestamp + dt.timedelta(seconds=offset),
+            order_key=f"{max(int(epoch) + offset, 0):011d}.{rest}",
+        )
+
     @staticmethod
     def _when(epoch: int | None, offset: int) -> dt.datetime:
         if not epoch:
@@ -137,6 +161,10 @@ class MangoProvider(MangoWebhooks, MangoApi, MangoReconciliation, MangoSimulatio
 
     def _phone(self, value: Any) -> str:
         return to_e164_or_none(_text(value), self.region) or ""
+
+    def check_connection(self) -> CheckResult:
+        """config/users/request: a signed read of the employees; changes nothing."""
+        return self.check_by_directory("config/users/request")
 
     def is_final(self, call: Call, events: Sequence[NormalisedEvent]) -> bool:
         """Final at the summary once the recording outcome is known: a call nobody talked in has none; an
@@ -219,7 +247,7 @@ class MangoProvider(MangoWebhooks, MangoApi, MangoReconciliation, MangoSimulatio
 
     def _ingest_grace(self, job: OutboundJob, call: Call, now: dt.datetime) -> None:
         from calls.events import NormalisedEvent
-        from calls.services import ingest
+        from calls.processor import ingest
 
         ingest(
             self.connection,

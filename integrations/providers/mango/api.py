@@ -229,7 +229,10 @@ class MangoApi:
         call, leg_id = job.call, job.payload.get("leg_id", "")
         if call is None or call.ended:
             return "skipped: the call has ended"
-        if CallEvent.objects.filter(call=call, leg_id=leg_id, kind="leg_ended").exists():
+        stored = CallEvent.objects.filter(  # applied or still in the inbox
+            pbx_connection_id=call.pbx_connection_id, provider_call_id=call.provider_call_id
+        )
+        if stored.filter(leg_id=leg_id, kind="leg_ended").exists():
             return "skipped: the IVR leg has ended"
         caller = job.payload.get("caller", "")
         if not caller:

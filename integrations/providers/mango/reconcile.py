@@ -113,7 +113,7 @@ class MangoReconciliation:
         webhook completed are ingested from them, so an outage of the portal loses no calls."""
         from calls import outbox
         from calls.models import Call
-        from calls.services import ingest
+        from calls.processor import ingest
 
         calls = _group_rows(self._statistics(job))
         offset = self._offset(None)

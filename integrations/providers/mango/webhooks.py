@@ -112,10 +112,18 @@ class MangoWebhooks:
         else:
             events = self._other_events(data, action)
         if events:
-            from calls.services import ingest
-
-            ingest(self.connection, events)
+            self.store_events(events)
         return Response({"result": 1000})
+
+    def _clock(self, reference: int | None) -> tuple[int, dict[str, Any]]:
+        """The offset a webhook applies to Mango's epoch values, and the `settle` hint for the processor: with
+        `timestamp_offset: auto` the offset is found by comparing with the receipt time and remembered in the
+        cache, which the webhook does not touch, so the event is stored unshifted and settle_event() shifts
+        it when it is applied."""
+        fixed = self._fixed_offset()
+        if fixed is not None:
+            return fixed, {}
+        return 0, {"clock": reference or 0}
 
     @staticmethod
     def _is_callback(data: dict[str, Any]) -> bool:
@@ -164,7 +172,7 @@ class MangoWebhooks:
             raise WebhookInputError("call_id and call_state are required")
         seq = _int(data.get("seq"), 0) or 0
         stamp = _int(data.get("timestamp"))
-        offset = self._offset(stamp)
+        offset, settle = self._clock(stamp)
         when = self._when(stamp, offset)
         epoch = int(when.timestamp())
         location = LOCATIONS.get(_text(data.get("location") or data.get("locaton")).split(".")[0], "")
@@ -195,6 +203,7 @@ class MangoWebhooks:
                 extensions=(extension,) if extension else (),
                 disconnect_reason=_text(data.get("disconnect_reason")),
                 correlation_id=command_id,
+                settle=settle if stamp else {},
                 raw=data,
             )
         ]
@@ -209,7 +218,7 @@ class MangoWebhooks:
         party_from = data.get("from") if isinstance(data.get("from"), dict) else {}
         party_to = data.get("to") if isinstance(data.get("to"), dict) else {}
         created, talked, ended = (_int(data.get(f)) for f in ("create_time", "talk_time", "end_time"))
-        offset = self._offset(ended)
+        offset, settle = self._clock(ended)
         direction = DIRECTIONS.get(_int(data.get("call_direction"), -1), "")  # type: ignore[arg-type]
         reason = _int(data.get("disconnect_reason"))
         answered = _int(data.get("entry_result"), 0) == 1 and bool(talked)
@@ -225,6 +234,7 @@ class MangoWebhooks:
             "client_phone_raw": client_raw,
             "client_phone": self._phone(client_raw),
             "external_phone": self._phone(data.get("line_number")),
+            "settle": settle if ended else {},
         }
         end_when = self._when(ended, offset)
         end_epoch = int(end_when.timestamp())
@@ -287,7 +297,8 @@ class MangoWebhooks:
         state = _text(data.get("recording_state"))
         seq = _int(data.get("seq"), 0) or 0
         stamp = _int(data.get("timestamp"))
-        when = self._when(stamp, self._offset(stamp))
+        offset, settle = self._clock(stamp)
+        when = self._when(stamp, offset)
         kind, expected = "unknown", None
         if state == "Completed":
             code = _int(data.get("completion_code"), 0) or 0
@@ -306,6 +317,7 @@ class MangoWebhooks:
                 recording_expected=expected,
                 recording={"recording_id": recording_id} if recording_id and expected is not False else {},
                 correlation_id=_text(data.get("command_id")),
+                settle=settle if stamp else {},
                 raw=data,
             )
         ]
@@ -317,7 +329,8 @@ class MangoWebhooks:
         if not recording_id:
             raise WebhookInputError("recording_id is required")
         stamp = _int(data.get("timestamp"))
-        when = self._when(stamp, self._offset(stamp))
+        offset, settle = self._clock(stamp)
+        when = self._when(stamp, offset)
         # Sent once the file is in the cloud storage and downloadable: a recording certainly exists.
         return [
             NormalisedEvent(
@@ -328,6 +341,7 @@ class MangoWebhooks:
                 timestamp=when,
                 recording_expected=True,
                 recording={"recording_id": recording_id},
+                settle=settle if stamp else {},
                 raw=data,
             )
         ]
@@ -338,7 +352,8 @@ class MangoWebhooks:
         leg_id = _text(data.get("call_id"))
         seq = _int(data.get("seq"), 0) or 0
         stamp = _int(data.get("timestamp"))
-        when = self._when(stamp, self._offset(stamp))
+        offset, settle = self._clock(stamp)
+        when = self._when(stamp, offset)
         return [
             NormalisedEvent(
                 provider_call_id=_text(data.get("entry_id")),
@@ -348,6 +363,7 @@ class MangoWebhooks:
                 timestamp=when,
                 leg_id=leg_id,
                 location=LOCATIONS.get(_text(data.get("location")).split(".")[0], ""),
+                settle=settle if stamp else {},
                 raw=data,
             )
         ]
@@ -356,13 +372,15 @@ class MangoWebhooks:
         from calls.events import NormalisedEvent
 
         stamp = _int(data.get("timestamp"))
-        when = self._when(stamp, self._offset(None)) if stamp else timezone.now()
+        offset, settle = self._clock(None)
+        when = self._when(stamp, offset) if stamp else timezone.now()
         return NormalisedEvent(
             provider_call_id=entry_id,
             kind="unknown",
             order_key=_order_key(int(when.timestamp()), _int(data.get("seq"), 0) or 0, "other"),
             dedupe_key=key,
             timestamp=when,
+            settle=settle if stamp else {},
             raw={"action": action, **data},
         )
 
@@ -396,17 +414,17 @@ class MangoWebhooks:
             logger.warning(
                 "mango %s: click-to-call %s refused: %s %s", self.connection, command_id, code, describe(code)
             )
-        call = request.call if request is not None and request.call_id else None
-        if call is None:
-            event = (
+        # The call's id is enough: the event names its call by the PBX's id (it may not be applied yet).
+        provider_call_id = request.call.provider_call_id if request is not None and request.call_id else ""
+        if not provider_call_id:
+            provider_call_id = (
                 CallEvent.objects.filter(
                     pbx_connection=self.connection, normalised__correlation_id=command_id
                 )
-                .select_related("call")
+                .values_list("provider_call_id", flat=True)
                 .first()
-            )
-            call = event.call if event is not None else None
-        if call is None:
+            ) or ""
+        if not provider_call_id:
             job = (
                 OutboundJob.objects.filter(
                     pbx_connection=self.connection, kind="mango.route", payload__command_id=command_id
@@ -414,14 +432,14 @@ class MangoWebhooks:
                 .select_related("call")
                 .first()
             )
-            call = job.call if job is not None else None
+            provider_call_id = job.call.provider_call_id if job is not None and job.call_id else ""
         if not is_success(code) and action == "result/route":
             logger.warning(
                 "mango %s: route %s refused: %s %s", self.connection, command_id, code, describe(code)
             )
-        if call is None:
+        if not provider_call_id:
             logger.info(
                 "mango %s: %s for unknown command %s (result %s)", self.connection, action, command_id, code
             )
             return []
-        return [self._unknown_event(call.provider_call_id, data, action, f"result:{action}:{command_id}")]
+        return [self._unknown_event(provider_call_id, data, action, f"result:{action}:{command_id}")]

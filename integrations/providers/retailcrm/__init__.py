@@ -25,12 +25,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, ClassVar
 
+from django.utils.translation import gettext
+
+from integrations.http import OutboundError
 from integrations.providers.base import (
     FINAL,
     POPUP,
+    CheckResult,
     CrmProvider,
     Field,
     JobKind,
+    ProviderError,
     RoutingAnswer,
     RoutingQuery,
     secrets_equal,
@@ -128,6 +133,23 @@ class RetailCrmProvider(RetailCrmWebhooks, RetailCrmMessages, RetailCrmRegistrat
         if not code:
             return None  # no client, or the manager is not free: RetailCRM says nothing (digest §2.6)
         return RoutingAnswer(extension=code, display_name=_person_name(answer.get("customer")))
+
+    def check_connection(self) -> CheckResult:
+        """GET /api/v5/users (first page): a read that proves account_url and api_key; changes nothing."""
+        try:
+            answer = self.client().users(1)
+        except ProviderError as exc:
+            return CheckResult(
+                False, gettext("RetailCRM refused: %(error)s") % {"error": exc}, exc.body[:500]
+            )
+        except OutboundError as exc:
+            summary = gettext("RetailCRM could not be reached: %(error)s") % {"error": exc}
+            return CheckResult(False, summary, exc.body[:500])
+        users = answer.get("users") or []
+        names = ", ".join(_person_name(u) or str(u.get("id", "")) for u in users[:20] if isinstance(u, dict))
+        total = (answer.get("pagination") or {}).get("totalCount", len(users))
+        summary = gettext("RetailCRM accepted the API key: %(count)s users") % {"count": total}
+        return CheckResult(True, summary, names)
 
     def accepts_playback_client_id(self, client_id: str) -> bool:
         return secrets_equal(client_id, self.secrets.get("client_id"))

@@ -21,7 +21,7 @@ import zoneinfo
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from integrations.providers.base import Field, JobKind, JobSpec, PbxProvider, SchemaError
+from integrations.providers.base import CheckResult, Field, JobKind, JobSpec, PbxProvider, SchemaError
 from integrations.providers.rostelecom.api import RostelecomApi
 from integrations.providers.rostelecom.call_info import CALL_INFO, RostelecomCallInfo
 from integrations.providers.rostelecom.simulate import RostelecomSimulation
@@ -78,6 +78,10 @@ class RostelecomProvider(
                     "settings.record_ip", f"must be an IP address, got {cleaned['record_ip']!r}"
                 ) from None
         return cleaned
+
+    def check_connection(self) -> CheckResult:
+        """users_info: an authenticated, signed read of the PBX directory; changes nothing."""
+        return self.check_by_directory("users_info")
 
     @property
     def zone(self) -> dt.tzinfo:

@@ -80,7 +80,7 @@ class RostelecomCallInfo:
         if job.kind != CALL_INFO:
             raise ProviderError(f"rostelecom has no job kind {job.kind!r}", permanent=True)
         from calls import outbox
-        from calls.services import ingest
+        from calls.processor import ingest
 
         call = job.call
         if call is None:

@@ -4,9 +4,11 @@ normalised events, and the synchronous `get_number_info` routing question, answe
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
@@ -110,12 +112,16 @@ class RostelecomWebhooks:
         return body
 
     def handle_call_events(self, request: Request) -> Response:
-        from calls.services import ingest
-
+        """Parse, store in the inbox, answer: the PINs' directory lookups wait for the processor (settle)."""
         body = self.read_body(request)
-        event = self.to_event(body)
-        ingest(self.connection, [event])
+        self.store_events([self.to_event(body, directory=False)])
         return self.answer({"result": 0, "resultMessage": "ok"})
+
+    def settle_event(self, event: NormalisedEvent, received_at: dt.datetime) -> NormalisedEvent:
+        """The event parsed again with the directory: group PINs dropped, SIP logins turned into PINs."""
+        if not event.settle.get("directory"):
+            return event
+        return replace(self.to_event(event.raw), dedupe_key=event.dedupe_key)
 
     def handle_get_number_info(self, request: Request) -> Response:
         """Whose caller is this: answered within routing_budget_ms, always `result: 0`; without a PIN the PBX
@@ -208,7 +214,9 @@ class RostelecomWebhooks:
                 return number
         return ""
 
-    def to_event(self, body: dict[str, Any]) -> NormalisedEvent:
+    def to_event(self, body: dict[str, Any], directory: bool = True) -> NormalisedEvent:
+        """The normalised event of one call_events body. directory=False (the webhook): no Extension lookups;
+        an event that would need them is marked for settle_event() instead."""
         from calls.events import NormalisedEvent
 
         session_id = str(body.get("session_id") or "").strip()
@@ -226,9 +234,16 @@ class RostelecomWebhooks:
 
         caller = parse_party(body.get("from_number"), self.region)
         callee = parse_party(body.get("request_number"), self.region)
-        caller_pin = pin_of(body.get("from_pin")) or caller.extension or self.pin_of_login(caller)
-        callee_pin = pin_of(body.get("request_pin")) or callee.extension or self.pin_of_login(callee)
-        if caller_pin or callee_pin:
+        caller_pin = pin_of(body.get("from_pin")) or caller.extension
+        callee_pin = pin_of(body.get("request_pin")) or callee.extension
+        settle: dict[str, Any] = {}
+        if not directory:
+            if caller_pin or callee_pin or caller.login or callee.login:
+                settle = {"directory": True}
+        else:
+            caller_pin = caller_pin or self.pin_of_login(caller)
+            callee_pin = callee_pin or self.pin_of_login(callee)
+        if directory and (caller_pin or callee_pin):
             # A group's PIN names no one who rings or talks (its members do): no card, no answering employee.
             groups = self.group_pins()
             caller_pin = "" if caller_pin in groups else caller_pin
@@ -281,5 +296,6 @@ class RostelecomWebhooks:
             recording_expected=recording_expected,
             recording=recording,
             correlation_id=session_id,  # a call_back's session_id is the id of the call it creates
+            settle=settle,
             raw=body,
         )

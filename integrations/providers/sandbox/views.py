@@ -17,6 +17,7 @@ from django.forms import modelformset_factory
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -31,14 +32,14 @@ INBOX_LIMIT = 200
 
 def _pbx(request: HttpRequest, public_id: str) -> PbxConnection:
     if not enabled():
-        raise Http404("sandbox disabled")
+        raise Http404(_("sandbox disabled"))
     connection = (
         PbxConnection.objects.select_related("tenant")
         .filter(provider="sandbox_pbx", public_id=public_id, active=True, tenant__active=True)
         .first()
     )
     if connection is None:
-        raise Http404("no such sandbox PBX")
+        raise Http404(_("no such sandbox PBX"))
     key = str((connection.secrets or {}).get("signing_key") or "")
     if not secrets_equal(request.headers.get("X-Sandbox-Key"), key):
         raise _Forbidden()
@@ -144,14 +145,16 @@ def inbox_page(request: HttpRequest, connection: CrmConnection, model_admin: Any
         if not writable:
             raise Http404
         if not enabled():
-            messages.error(request, "Sandbox providers are disabled on this portal (SANDBOX_ENABLED=false).")
+            messages.error(
+                request, _("Sandbox providers are disabled on this portal (SANDBOX_ENABLED=false).")
+            )
         elif "save_contacts" in request.POST:
             formset = Formset(request.POST, queryset=contacts, prefix="contacts")
             if formset.is_valid():
                 for form in formset.forms:
                     form.instance.crm_connection = connection
                 formset.save()
-                messages.success(request, "Routing table saved.")
+                messages.success(request, _("Routing table saved."))
                 return redirect(request.path)
         elif "click_to_call" in request.POST:
             call_form = ClickToCallForm(request.POST, prefix="call")
@@ -177,7 +180,7 @@ def inbox_page(request: HttpRequest, connection: CrmConnection, model_admin: Any
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.opts,
         "original": connection,
-        "title": f"Sandbox inbox: {connection}",
+        "title": _("Sandbox inbox: %(connection)s") % {"connection": connection},
         "inbox": SandboxMessage.objects.filter(crm_connection=connection)[:INBOX_LIMIT],
         "formset": formset,
         "call_form": call_form,
@@ -217,7 +220,7 @@ def pbx_page(request: HttpRequest, connection: PbxConnection, model_admin: Any) 
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.opts,
         "original": connection,
-        "title": f"Sandbox PBX: {connection}",
+        "title": _("Sandbox PBX: %(connection)s") % {"connection": connection},
         "played": SandboxCall.objects.filter(pbx_connection=connection)[:INBOX_LIMIT],
         "form": form,
         "writable": writable,

@@ -1,0 +1,156 @@
+"""Pieces the server benchmarks share: a fresh PostgreSQL database, the production processes (gunicorn as the
+README starts it, the inbox processor, a Celery worker, beat), started and stopped by PID.
+
+Each process logs to a file in the run's directory (a pipe nobody reads would fill up and stall it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+# The README's web command (docs/operations.md), bound to loopback.
+GUNICORN = ["-m", "gunicorn", "portal.wsgi", "-k", "gthread", "--threads", "8", "-w", "2"]
+DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fresh_database(name: str, server_url: str = "") -> str:
+    """Drop and create database `name` on the server of `server_url` (or DATABASE_URL); its URL."""
+    import psycopg
+
+    parts = urlsplit(server_url or os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES))
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def environment(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
+    """Production-like: DEBUG off, Redis broker and cache (shared Redis: the benchmarks only add keys)."""
+    from portal import development_keys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CALLBRIDGE_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="bench.settings_bench",
+        CALLBRIDGE_READ_DOTENV="0",
+        CALLBRIDGE_VAR_DIR=str(var_dir),
+        DEBUG="0",
+        SECRET_KEY=development_keys.SECRET_KEY,
+        FIELD_ENCRYPTION_KEYS=development_keys.FIELD_ENCRYPTION_KEY,
+        DATABASE_URL=database_url,
+        CELERY_BROKER_URL=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13"),
+        CACHE_URL=os.environ.get("BENCH_CACHE_URL", "redis://127.0.0.1:6379/14"),
+        LOG_LEVEL="WARNING",
+        OUTBOUND_ALLOW_PRIVATE_NETWORKS="true",  # the fake CRM listens on loopback
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    )
+    return result.stdout
+
+
+def run_python(env: dict[str, str], code: str) -> str:
+    """Run `code` after django.setup() in the benchmark's environment; its stdout."""
+    script = "import django\ndjango.setup()\n" + code
+    result = subprocess.run([PYTHON, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(result.stderr[-3000:])
+    return result.stdout
+
+
+class Processes:
+    """Named processes in sessions of their own, stopped by PID (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.directory / f"{name}.log", "wb")  # noqa: SIM115 - kept open for the process's life
+        process = subprocess.Popen(
+            [PYTHON, *command],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.running[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.directory / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, name: str) -> None:
+        process = self.running.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+
+def start_gunicorn(processes: Processes, env: dict[str, str], port: int, workers: int = 2) -> str:
+    command = [*GUNICORN[:-1], str(workers), "-b", f"127.0.0.1:{port}", "--timeout", "30"]
+    processes.start("gunicorn", command, env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return base
+        if processes.running["gunicorn"].poll() is not None:
+            break
+        time.sleep(0.2)
+    raise RuntimeError(f"gunicorn did not start: {processes.log('gunicorn')[-3000:]}")
+
+
+def run_directory(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"callbridge-{prefix}-"))
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def describe(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in values.items())
