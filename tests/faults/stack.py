@@ -1,6 +1,6 @@
-"""The real stack for the fault suite: gunicorn as in production, a Celery worker and beat, PostgreSQL, a private
-redis-server on a free port (broker and cache; never the machine's shared Redis), and fake RetailCRM and
-Rostelecom servers on loopback that record everything they receive.
+"""The real stack for the fault suite: gunicorn as in production, the inbox processor, a Celery worker and beat,
+PostgreSQL, a private redis-server on a free port (broker and cache; never the machine's shared Redis), and fake
+RetailCRM and Rostelecom servers on loopback that record everything they receive.
 
 Leases, task limits, deadlines, retry delays and RECONCILE_AFTER_SECONDS are shrunk through settings (STACK_ENV)
 so that the whole suite runs in a few minutes. Every wait is bounded.
@@ -414,6 +414,8 @@ def running_stack(tmp: Path, settings_env: dict[str, str]) -> Iterator[Stack]:
             [sys.executable, "-m", "gunicorn", "portal.wsgi", "-k", "gthread", "--threads", "8", "-w", "2",
              "-b", f"127.0.0.1:{port}", "--timeout", "60"],
         )  # fmt: skip
+        # The inbox processor applies what the webhooks stored (calls/processor.py), as in production.
+        stack.start("processor", [sys.executable, "manage.py", "process_inbox"])
         stack.start(
             "beat",
             [sys.executable, "-m", "celery", "-A", "portal", "beat", "-l", "INFO",
