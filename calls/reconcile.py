@@ -18,12 +18,12 @@ import datetime as dt
 import logging
 
 from django.conf import settings
-from django.db.models import Exists, Max, OuterRef, Q
+from django.db.models import Exists, Max, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from calls import outbox
 from calls.events import NormalisedEvent
-from calls.models import Call, OutboundJob
+from calls.models import Call, CallEvent, OutboundJob
 from integrations.providers.base import JobSpec, ReconcileResult, get_provider
 
 logger = logging.getLogger("callbridge.reconcile")
@@ -47,11 +47,19 @@ def silent_calls(now: dt.datetime) -> list[Call]:
     asked = OutboundJob.objects.filter(call=OuterRef("pk"), kind=RECONCILE).filter(
         Q(status=OutboundJob.PENDING) | Q(created_at__gt=cutoff)
     )
+    # By the PBX's call id, not the call: an event still waiting in the inbox (not applied yet) counts as news.
+    of_the_call = CallEvent.objects.filter(
+        pbx_connection=OuterRef("pbx_connection"), provider_call_id=OuterRef("provider_call_id")
+    )
+    last_event = (
+        of_the_call.order_by().values("provider_call_id").annotate(last=Max("received_at")).values("last")
+    )
     return list(
         Call.objects.filter(ended=False, pbx_connection__active=True, tenant__active=True)
-        .annotate(last_event=Max("events__received_at"))
+        .annotate(last_event=Subquery(last_event[:1]))
         .filter(Q(last_event__lt=cutoff) | Q(last_event__isnull=True, created_at__lt=cutoff))
         .exclude(Exists(asked))
+        .exclude(Exists(of_the_call.filter(status=CallEvent.PENDING)))
         .select_related("pbx_connection")
         .order_by("last_event", "id")[:BATCH]
     )

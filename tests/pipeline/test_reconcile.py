@@ -96,3 +96,11 @@ def test_the_beat_task_queues_reconciliations(pbx, crm, extensions):
     silent_call(pbx, 1000)
     assert reconcile_silent_calls() == 1
     assert OutboundJob.objects.filter(kind=RECONCILE, status=OutboundJob.PENDING).count() == 1
+
+
+def test_a_call_whose_end_waits_in_the_inbox_is_not_reconciled(pbx, crm, extensions):
+    from calls import inbox
+
+    silent_call(pbx, 1000)
+    inbox.store(pbx, [to_event({"call": "c1", "kind": "completed", "seq": 60})], [])  # stored, not applied yet
+    assert schedule_reconciliation() == 0
