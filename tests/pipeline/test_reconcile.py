@@ -102,5 +102,7 @@ def test_a_call_whose_end_waits_in_the_inbox_is_not_reconciled(pbx, crm, extensi
     from calls import inbox
 
     silent_call(pbx, 1000)
-    inbox.store(pbx, [to_event({"call": "c1", "kind": "completed", "seq": 60})], [])  # stored, not applied yet
+    inbox.store(
+        pbx, [to_event({"call": "c1", "kind": "completed", "seq": 60})], []
+    )  # stored, not applied yet
     assert schedule_reconciliation() == 0
