@@ -12,11 +12,12 @@ SCENARIO ?= answered
 SIMULATE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format venv simulate messages screenshots browser-test
+.PHONY: help run test faults lint format venv simulate messages screenshots browser-test
 
 help:
 	@echo "make run     serve the portal on PORT (default 8000) with the inbox processor, a Celery worker and beat"
 	@echo "make test    run the whole test suite (PYTEST_ARGS=... passes options to pytest)"
+	@echo "make faults  the fault suite on the real stack (PostgreSQL, private redis-server; ~5 min)"
 	@echo "make simulate SCENARIO=answered  play a simulated call into the running portal (TENANT=demo)"
 	@echo "make lint    ruff check and ruff format --check"
 	@echo "make format  apply ruff's fixes and formatting"
@@ -53,6 +54,11 @@ simulate: $(INSTALLED) .env
 
 test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fault suite (docs/reliability.md): gunicorn, a Celery worker and beat, PostgreSQL (DATABASE_URL, default
+# the local server) and a private redis-server on a free port, with fake PBX and CRM servers on loopback.
+faults: $(INSTALLED)
+	$(PY) -m pytest -m faults tests/faults -p no:cacheprovider -v $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	$(PY) -m ruff check .

@@ -523,7 +523,7 @@ class OutboundJobAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         "kind",
         "connection_ref",
         "call_link",
-        "status",
+        "delivery_state",
         "attempts",
         "next_attempt_at",
         "last_status",
@@ -536,7 +536,7 @@ class OutboundJobAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         ("crm_connection", RelatedOnlyFieldListFilter),
     )
     search_fields = ("dedupe_key", "call__provider_call_id", "kind")
-    list_select_related = ("tenant", "call")
+    list_select_related = ("tenant", "call", "crm_connection", "pbx_connection")
     actions = ["retry_now"]
     fields = (
         "tenant",
@@ -545,7 +545,7 @@ class OutboundJobAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         "call_link",
         "order_key",
         "dedupe_key",
-        "status",
+        "delivery_state",
         "attempts",
         "due_at",
         "next_attempt_at",
@@ -560,8 +560,16 @@ class OutboundJobAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
         "created_at",
         "payload",
     )
-    readonly_fields = ("call_link", "last_response_hidden")
+    readonly_fields = ("call_link", "last_response_hidden", "delivery_state")
     inlines = [JobAttemptInline]
+
+    @admin.display(description="Status", ordering="status")
+    def delivery_state(self, obj: OutboundJob) -> str:
+        """A pending job of an inactive connection is held: it goes out on reactivation (inside its window)."""
+        connection = obj.crm_connection if obj.crm_connection_id else obj.pbx_connection
+        if obj.status == OutboundJob.PENDING and connection is not None and not connection.active:
+            return "held (connection inactive)"
+        return obj.status
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if hides_private_answers(request, obj):

@@ -463,7 +463,8 @@ class OutboundJob(models.Model):
 
 
 class JobAttempt(models.Model):
-    SENT, TRANSIENT, PERMANENT = "sent", "transient", "permanent"
+    # fenced: the worker's lease had run out when it came back; its result changed nothing on the job.
+    SENT, TRANSIENT, PERMANENT, FENCED = "sent", "transient", "permanent", "fenced"
 
     job = models.ForeignKey(
         OutboundJob, on_delete=models.CASCADE, related_name="attempt_log", verbose_name=_("job")

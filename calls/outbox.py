@@ -6,16 +6,23 @@ that caused them and never talks to the broker, so a stopped or frozen Redis can
 per job or batch; it never sends HTTP itself, so one hung CRM cannot stall other tenants. A lost message, a
 killed worker or a Redis restart without data only lets the lease expire: the job is claimed again. Retries are
 scheduled in the database (`next_attempt_at`), never as long Celery countdowns.
+
+Fencing (docs/reliability.md): the outbound work of a claim has a total deadline (`timing`), the task's soft
+and hard limits come after it, and the lease after them, so a worker is stopped before its jobs can be claimed
+again. Should a worker outlive its lease anyway (frozen, or a clock jump), every write it makes on behalf of the
+claim checks that the job still carries its `lease_owner` and an unexpired lease: a late result is recorded in
+the ledger as `fenced` and changes nothing on the job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +35,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from calls.models import Call, JobAttempt, OutboundJob
+from integrations import http
 from integrations.models import CrmConnection, PbxConnection
 from integrations.providers.base import JobKind, JobSpec, get_provider, provider_class
 
@@ -38,8 +46,9 @@ SCHEDULE = (10, 30, 60, 120, 300)
 STEADY_DELAY = 300
 JITTER = 0.2
 MAX_RETRY_AFTER = 3600
-LEASE_SECONDS = 90
 CLAIM_LIMIT = 200
+HELD_GRACE = dt.timedelta(minutes=5)
+RECORDING_FETCH = "recording.fetch"
 
 # Jobs the pipeline itself performs (not a provider): kind → (JobKind, handler dotted path).
 PIPELINE_KINDS: dict[str, tuple[JobKind, str]] = {
@@ -47,9 +56,38 @@ PIPELINE_KINDS: dict[str, tuple[JobKind, str]] = {
         JobKind(window=dt.timedelta(hours=6), ordered=False),
         "calls.recordings.fetch_recording",
     ),
+    # A silent call asked about at its PBX (calls/reconcile.py); a failed round is followed by the next one.
+    "call.reconcile": (
+        JobKind(window=dt.timedelta(hours=1), ordered=False),
+        "calls.reconcile.reconcile_call",
+    ),
 }
 # What the pipeline does when one of its own jobs gives up (dead or failed): kind → handler(job, reason).
-PIPELINE_GIVE_UP: dict[str, str] = {"recording.fetch": "calls.recordings.recording_unavailable"}
+PIPELINE_GIVE_UP: dict[str, str] = {
+    "recording.fetch": "calls.recordings.recording_unavailable",
+    "call.reconcile": "calls.reconcile.close_as_unknown",
+}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds, for one kind of job: the total deadline of its outbound work, then the task's soft and hard
+    limits, then the lease, each strictly longer than the one before."""
+
+    deadline: float
+    soft_limit: float
+    hard_limit: float
+    lease: float
+
+
+def timing(kind: str) -> Timing:
+    """A recording download gets a longer deadline: the largest file allowed at the slowest throughput
+    accepted (RECORDING_MAX_BYTES / RECORDING_MIN_BYTES_PER_SECOND) on top of the usual one."""
+    deadline = float(settings.OUTBOUND_DEADLINE_SECONDS)
+    if kind == RECORDING_FETCH:
+        deadline += settings.RECORDING_MAX_BYTES / settings.RECORDING_MIN_BYTES_PER_SECOND
+    margin = float(settings.OUTBOX_LEASE_MARGIN_SECONDS)
+    return Timing(deadline, deadline + margin, deadline + 2 * margin, deadline + 3 * margin)
 
 
 def scaled(seconds: float) -> dt.timedelta:
@@ -165,11 +203,33 @@ def expire_due_jobs(now: dt.datetime | None = None) -> int:
         count += qs.filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)).update(
             status=OutboundJob.EXPIRED, last_error=why, lease_owner="", lease_expires_at=None
         )
+    # A CRM job held while its connection was inactive goes out on reactivation only inside its retry window
+    # (with a grace, so a relay that is a little late never costs a job its last attempt). PBX-side jobs keep
+    # their last attempt: their give-up handlers (call_info, recordings) act on it.
+    count += (
+        OutboundJob.objects.filter(
+            status=OutboundJob.PENDING, crm_connection__isnull=False, window_ends_at__lt=now - HELD_GRACE
+        )
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .exclude(paused())
+        .update(
+            status=OutboundJob.DEAD,
+            last_error="dead: its retry window ended before it could be sent (connection inactive?)",
+            lease_owner="",
+            lease_expires_at=None,
+        )
+    )
     return count
 
 
+def paused() -> Q:
+    """Jobs of an inactive connection: held (pending, not sent) until it is active again."""
+    return Q(crm_connection__active=False) | Q(pbx_connection__active=False)
+
+
 def claimable(now: dt.datetime) -> QuerySet[OutboundJob]:
-    """Due, pending, not leased, and (for ordered kinds) no earlier open job of the same call and connection."""
+    """Due, pending, not leased, not held by an inactive connection, and (for ordered kinds) no earlier open job
+    of the same call and connection."""
     earlier_open = OutboundJob.objects.filter(
         status=OutboundJob.PENDING,
         call_id=OuterRef("call_id"),
@@ -180,6 +240,7 @@ def claimable(now: dt.datetime) -> QuerySet[OutboundJob]:
     return (
         OutboundJob.objects.filter(status=OutboundJob.PENDING, next_attempt_at__lte=now)
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .exclude(paused())
         .filter(Q(ordered=False) | Q(call__isnull=True) | ~Exists(earlier_open))
         .order_by("next_attempt_at", "id")
     )
@@ -189,15 +250,19 @@ def _lease_filter(now: dt.datetime) -> Q:
     return Q(status=OutboundJob.PENDING) & (Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
 
 
-def claim(ids: Sequence[int], owner: str, now: dt.datetime) -> list[int]:
-    """Atomically lease the given jobs; returns the ids this owner got (others lost a race).
+def claim(ids: Sequence[int], owner: str, now: dt.datetime, lease_seconds: float | None = None) -> list[int]:
+    """Atomically lease the given jobs (for their kind's lease unless `lease_seconds` is given); returns the
+    ids this owner got (others lost a race).
 
     Hand-written so that the rows are found by primary key: with the ORM's `status = 'pending'` the planner may
     pick the status index and, with statistics not yet updated after a burst (a backlog), visit every pending
     job for each claim (measured: 23 ms per claim of 50 with 30,000 pending). `status || ''` keeps the check
     without offering that index."""
     ids = list(dict.fromkeys(ids))
-    lease_until = now + dt.timedelta(seconds=LEASE_SECONDS)
+    if lease_seconds is None:
+        kinds = set(OutboundJob.objects.filter(pk__in=ids).values_list("kind", flat=True))
+        lease_seconds = max((timing(kind).lease for kind in kinds), default=timing("").lease)
+    lease_until = now + dt.timedelta(seconds=lease_seconds)
     ops = db_connection.ops
     sql = (
         f"UPDATE {OutboundJob._meta.db_table} SET lease_owner = %s, lease_expires_at = %s "  # noqa: S608 - our table name; values are parameters
@@ -245,7 +310,7 @@ def claim_due(
     # Batchable kinds: consecutive groups of up to batch_size jobs per (connection, kind), so a backlog drains
     # at batch_size × tasks per pass instead of one batch per pass.
     groups: dict[tuple[str, str], list[list[int]]] = {}
-    singles: list[int] = []
+    singles: list[tuple[int, str]] = []
     for pk, kind, ref, crm_provider, pbx_provider in candidates:
         size = 1
         if kind not in PIPELINE_KINDS:
@@ -257,17 +322,19 @@ def claim_due(
                 batches.append([])
             batches[-1].append(pk)
         else:
-            singles.append(pk)
+            singles.append((pk, kind))
     claimed: list[Claimed] = []
-    wanted = [[pk] for pk in singles] + [batch for batches in groups.values() for batch in batches]
+    wanted = [([pk], kind) for pk, kind in singles] + [
+        (batch, kind) for (_ref, kind), batches in groups.items() for batch in batches
+    ]
     # One transaction for the pass's claims: one commit, not one per claim (each claim is still atomic, and a
     # racing relay still loses a job to whichever UPDATE locked it first).
     with transaction.atomic():
-        for ids in wanted:
+        for ids, kind in wanted:
             if max_claims is not None and len(claimed) >= max_claims:
                 break
             owner = uuid.uuid4().hex
-            got = claim(ids, owner, now)
+            got = claim(ids, owner, now, timing(kind).lease)
             if got:
                 claimed.append(Claimed(owner, got))
     return claimed
@@ -365,16 +432,22 @@ def _describe(exc: Exception) -> tuple[str, int | None, bool, float | None, bool
     return str(exc)[:2000] or exc.__class__.__name__, status, permanent, retry_after, flag, body
 
 
+def _held(owner: str, now: dt.datetime) -> Q:
+    """The claim `owner` still holds the job: its lease, unexpired, on a pending job."""
+    return Q(lease_owner=owner, lease_expires_at__gt=now, status=OutboundJob.PENDING) & ~Q(lease_owner="")
+
+
 def _leased(job_ids: Sequence[int], owner: str) -> list[OutboundJob]:
-    """The claim's jobs with their calls; their connection (one per claim) loaded once and shared, not once per
-    job (a batch of 50 would decrypt the same secrets 50 times)."""
-    # By primary key and owner only (status checked here): see claim() on the status index.
+    """The claim's jobs with their calls, while the claim holds an unexpired lease; their connection (one per
+    claim) loaded once and shared, not once per job (a batch of 50 would decrypt the same secrets 50 times)."""
+    # By primary key and owner only (status and expiry checked here): see claim() on the status index.
+    now = timezone.now()
     jobs = [
         job
         for job in OutboundJob.objects.select_related("call")
         .filter(pk__in=list(job_ids), lease_owner=owner)
         .order_by("order_key", "id")
-        if job.status == OutboundJob.PENDING
+        if job.status == OutboundJob.PENDING and owner and job.lease_expires_at and job.lease_expires_at > now
     ]
     crm_ids = {job.crm_connection_id for job in jobs if job.crm_connection_id}
     pbx_ids = {job.pbx_connection_id for job in jobs if job.pbx_connection_id}
@@ -391,6 +464,35 @@ def _leased(job_ids: Sequence[int], owner: str) -> list[OutboundJob]:
     return jobs
 
 
+class LeaseLost(Exception):
+    """The claim no longer holds this job (its lease ran out and another worker may have it)."""
+
+    permanent = False
+
+
+@contextlib.contextmanager
+def on_behalf_of(job: OutboundJob) -> Iterator[None]:
+    """A transaction for writes a handler makes on behalf of the job's claim (hold_lease first). A job run
+    outside any claim (no lease_owner: a direct call) has nothing to fence."""
+    with transaction.atomic():
+        if job.lease_owner:
+            hold_lease(job)
+        yield
+
+
+def hold_lease(job: OutboundJob) -> None:
+    """Inside a transaction: lock the job row and make sure this claim still holds it, before a write made on
+    its behalf (a handler's ingest, a stored recording). Raises LeaseLost otherwise; the relay cannot claim
+    the job again until the transaction ends."""
+    held = (
+        OutboundJob.objects.select_for_update()
+        .filter(_held(job.lease_owner, timezone.now()), pk=job.pk)
+        .exists()
+    )
+    if not held:
+        raise LeaseLost(f"job {job.pk}: the lease of claim {job.lease_owner or '-'} was lost")
+
+
 def _expire_if_stale(job: OutboundJob, now: dt.datetime) -> bool:
     if job.expires_at and job.expires_at < now:
         why = "expired: not sent within its time to live"
@@ -398,7 +500,7 @@ def _expire_if_stale(job: OutboundJob, now: dt.datetime) -> bool:
         why = "expired: the call has ended"
     else:
         return False
-    OutboundJob.objects.filter(pk=job.pk).update(
+    OutboundJob.objects.filter(_held(job.lease_owner, now), pk=job.pk).update(
         status=OutboundJob.EXPIRED, last_error=why, lease_owner="", lease_expires_at=None
     )
     return True
@@ -416,7 +518,8 @@ def run_claim(owner: str, job_ids: Sequence[int]) -> bool:
     started_at = timezone.now()
     connection = jobs[0].connection
     try:
-        with connection.outbound_scope():  # the connection's own allowed_networks
+        # The connection's own allowed_networks, and the kind's total deadline (shorter than the lease).
+        with connection.outbound_scope(), http.deadline(timing(jobs[0].kind).deadline):
             if jobs[0].kind in PIPELINE_KINDS:
                 handler = import_string(PIPELINE_KINDS[jobs[0].kind][1])
                 results: dict[int, str | Exception] = {job.pk: handler(job) for job in jobs}
@@ -450,21 +553,25 @@ def record_sent(
     sent: Sequence[tuple[OutboundJob, Any]], started_at: dt.datetime, duration_ms: int, batch_size: int
 ) -> None:
     """The jobs of one claim the CRM accepted, recorded together: one INSERT of their attempts and one UPDATE
-    per distinct answer (a batch of 50 uploads is 2 statements, not 100)."""
+    per distinct answer (a batch of 50 uploads is 2 statements, not 100). Only the jobs the claim still holds
+    (its lease_owner, unexpired) are marked sent; the attempts of the others are logged as `fenced`."""
     if not sent:
         return
     now = timezone.now()
-    by_answer: dict[str, list[int]] = {}
-    for job, result in sent:
-        by_answer.setdefault(str(result or "")[:2000], []).append(job.pk)
+    owner = sent[0][0].lease_owner
     with transaction.atomic():
+        held = set(
+            OutboundJob.objects.select_for_update()
+            .filter(_held(owner, now), pk__in=[job.pk for job, _ in sent])
+            .values_list("pk", flat=True)
+        )
         JobAttempt.objects.bulk_create(
             [
                 JobAttempt(
                     job=job,
                     started_at=started_at,
                     duration_ms=duration_ms,
-                    outcome=JobAttempt.SENT,
+                    outcome=JobAttempt.SENT if job.pk in held else JobAttempt.FENCED,
                     status_code=200,
                     response=str(result or "")[:2000],
                     batch_size=batch_size,
@@ -472,8 +579,12 @@ def record_sent(
                 for job, result in sent
             ]
         )
+        by_answer: dict[str, list[int]] = {}
+        for job, result in sent:
+            if job.pk in held:
+                by_answer.setdefault(str(result or "")[:2000], []).append(job.pk)
         for answer, pks in by_answer.items():
-            OutboundJob.objects.filter(pk__in=pks).update(
+            OutboundJob.objects.filter(pk__in=pks, lease_owner=owner).update(
                 status=OutboundJob.SENT,
                 attempts=F("attempts") + 1,
                 sent_at=now,
@@ -483,66 +594,84 @@ def record_sent(
                 lease_owner="",
                 lease_expires_at=None,
             )
+    fenced = [job.pk for job, _ in sent if job.pk not in held]
+    if fenced:
+        logger.warning(
+            "jobs %s: lease of claim %s lost; their sent results are recorded as fenced and ignored",
+            fenced,
+            owner,
+        )
 
 
 def record_result(
     job: OutboundJob, result: str | Exception, started_at: dt.datetime, duration_ms: int, batch_size: int
 ) -> None:
+    """Write the attempt to the ledger and its verdict to the job, only while the claim holds the job's lease;
+    otherwise the attempt is logged as `fenced` and the job is left as the lease's new holder has it."""
     now = timezone.now()
-    if not isinstance(result, Exception):
-        with transaction.atomic():
-            JobAttempt.objects.create(
-                job=job,
-                started_at=started_at,
-                duration_ms=duration_ms,
-                outcome=JobAttempt.SENT,
-                status_code=200,
-                response=str(result or "")[:2000],
-                batch_size=batch_size,
-            )
-            OutboundJob.objects.filter(pk=job.pk).update(
-                status=OutboundJob.SENT,
-                attempts=job.attempts + 1,
-                sent_at=now,
-                last_response=str(result or "")[:2000],
-                last_status=200,
-                last_error="",
-                lease_owner="",
-                lease_expires_at=None,
-            )
-        return
-    message, status, permanent, retry_after, flag, body = _describe(result)
-    if not hasattr(result, "permanent"):
-        logger.exception("job %s (%s) crashed", job.pk, job.kind, exc_info=result)
+    sent = not isinstance(result, Exception)
+    if sent:
+        message, status, permanent, retry_after, flag, body = "", 200, False, None, False, str(result or "")
+        body = body[:2000]
+    else:
+        message, status, permanent, retry_after, flag, body = _describe(result)  # type: ignore[arg-type]
     attempts = job.attempts + 1
-    if permanent:
+    if sent:
+        new_status, next_at = OutboundJob.SENT, job.next_attempt_at
+    elif permanent:
         new_status, next_at = OutboundJob.FAILED, job.next_attempt_at
     else:
         next_at = now + next_delay(attempts, retry_after)
         new_status = (
             OutboundJob.DEAD if job.window_ends_at and next_at > job.window_ends_at else OutboundJob.PENDING
         )
+    changes: dict[str, Any] = {
+        "status": new_status,
+        "attempts": attempts,
+        "next_attempt_at": next_at,
+        "last_error": message,
+        "last_status": status,
+        "last_response": body,
+        "lease_owner": "",
+        "lease_expires_at": None,
+    }
+    if sent:
+        changes["sent_at"] = now
     with transaction.atomic():
+        updated = OutboundJob.objects.filter(_held(job.lease_owner, now), pk=job.pk).update(**changes)
+        outcome = (
+            JobAttempt.FENCED
+            if not updated
+            else JobAttempt.SENT
+            if sent
+            else JobAttempt.PERMANENT
+            if permanent
+            else JobAttempt.TRANSIENT
+        )
         JobAttempt.objects.create(
             job=job,
             started_at=started_at,
             duration_ms=duration_ms,
-            outcome=JobAttempt.PERMANENT if permanent else JobAttempt.TRANSIENT,
+            outcome=outcome,
             status_code=status,
-            error=message,
+            error=message if not updated or not sent else "",
             response=body,
             batch_size=batch_size,
         )
-        OutboundJob.objects.filter(pk=job.pk).update(
-            status=new_status,
-            attempts=attempts,
-            next_attempt_at=next_at,
-            last_error=message,
-            last_status=status,
-            last_response=body,
-            lease_owner="",
-            lease_expires_at=None,
+    if not updated:
+        logger.warning(
+            "job %s (%s → %s): lease of claim %s lost; its %s result is recorded as fenced and ignored",
+            job.pk,
+            job.kind,
+            job.connection_ref,
+            job.lease_owner or "-",
+            "sent" if sent else "failed",
         )
+        return
+    if sent:
+        return
+    if not hasattr(result, "permanent"):
+        logger.exception("job %s (%s) crashed", job.pk, job.kind, exc_info=result)  # type: ignore[arg-type]
     level = logging.WARNING if new_status == OutboundJob.PENDING else logging.ERROR
     logger.log(level, "job %s (%s → %s) %s: %s", job.pk, job.kind, job.connection_ref, new_status, message)
     if new_status in {OutboundJob.FAILED, OutboundJob.DEAD} and job.kind in PIPELINE_GIVE_UP:

@@ -16,7 +16,6 @@ import time
 from typing import IO, Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.files import File
 from django.core.files.storage import storages
 from django.db import transaction
@@ -29,6 +28,7 @@ from calls.services import recording_stored
 from integrations.http import OutboundError, default_client
 from integrations.models import Tenant
 from integrations.providers.base import JobSpec, ProviderError, get_provider
+from portal import fastcache
 
 logger = logging.getLogger("callbridge.recordings")
 
@@ -80,14 +80,20 @@ class _Deadline:
 
 
 def fetch_recording(job: OutboundJob, timeout: Any = None) -> str:
-    """The `recording.fetch` job: a fresh link from the PBX, then a streamed, size-capped download."""
+    """The `recording.fetch` job: a fresh link from the PBX, then a streamed, size-capped download, stored
+    only while the job's claim still holds its lease."""
     recording = Recording.objects.select_related("call__tenant", "call__pbx_connection").get(
         pk=job.payload["recording"]
     )
-    return fetch(recording, timeout=timeout)
+    return fetch(recording, timeout=timeout, job=job)
 
 
-def fetch(recording: Recording, timeout: Any = None, deadline_seconds: float | None = None) -> str:
+def fetch(
+    recording: Recording,
+    timeout: Any = None,
+    deadline_seconds: float | None = None,
+    job: OutboundJob | None = None,
+) -> str:
     """Download the recording into storage and announce it once. Raises ProviderError/OutboundError with the
     outbox's verdict: "not ready yet" is transient, a refused address or an oversize file permanent."""
     if recording.state in {Recording.STORED, Recording.PURGED}:
@@ -103,7 +109,7 @@ def fetch(recording: Recording, timeout: Any = None, deadline_seconds: float | N
         Recording.objects.filter(pk=recording.pk, state=Recording.FETCHING).update(state=Recording.EXPECTED)
         raise
     try:
-        with transaction.atomic():
+        with outbox.on_behalf_of(job) if job is not None else transaction.atomic():
             updated = (
                 Recording.objects.filter(pk=recording.pk)
                 .exclude(state__in=[Recording.STORED, Recording.PURGED])
@@ -198,7 +204,11 @@ def try_fetch_now(recording: Recording) -> bool:
     At most one attempt per recording every SYNC_FETCH_LOCK_SECONDS, whoever asks."""
     if recording.state not in {Recording.EXPECTED, Recording.FETCHING}:
         return False
-    if not cache.add(f"recording:syncfetch:{recording.pk}", 1, SYNC_FETCH_LOCK_SECONDS):
+    lock = f"recording:syncfetch:{recording.pk}"
+    # No cache, no attempt: the player is told to come back (the worker's job keeps fetching).
+    if not fastcache.guarded(
+        lambda cache: cache.add(lock, 1, SYNC_FETCH_LOCK_SECONDS), False, "recording fetch lock"
+    ):
         return False
     try:
         fetch(recording, timeout=SYNC_FETCH_TIMEOUT, deadline_seconds=SYNC_FETCH_SECONDS)

@@ -9,41 +9,77 @@ Extensions before it can reach a PBX.
 
 Adapters' `lookup()` runs in worker threads and must not touch the database (everything it needs is on the
 connection object passed in), so a slow CRM costs a thread, never a database connection or the deadline.
+
+Bulkheads (docs/reliability.md): a tenant holds at most ROUTING_TENANT_THREADS lookups at once (more are not
+asked: the cached answer, if any, is used), every lookup ends within ROUTING_LOOKUP_SECONDS whatever the CRM
+does (a total deadline on its requests), and one the routing deadline left behind is not a failure: when its
+answer arrives it is cached for the caller's next call. The cache itself is asked with a short timeout and a
+fallback (portal/fastcache.py), so a frozen Redis cannot push an answer past its budget.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 
 from calls.models import Call, RoutingDecision
+from integrations import http
 from integrations.models import CrmConnection, Extension, ExtensionMapping, PbxConnection, Tenant
 from integrations.providers.base import RoutingAnswer, RoutingQuery, get_provider
+from portal import fastcache
 
 logger = logging.getLogger("callbridge.routing")
 
 SAFETY_MARGIN_MS = 100
 BREAKER_THRESHOLD = 5
 BREAKER_OPEN_SECONDS = 30
-_executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="routing")
+POOL_THREADS = 64
+_executor = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="routing")
+_slots: dict[int, threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
 
 
-def _breaker_key(crm: CrmConnection, suffix: str) -> str:
-    return f"routing:breaker:{crm.pk}:{suffix}"
+def tenant_slots(tenant_id: int) -> threading.BoundedSemaphore:
+    """The tenant's share of the lookup pool (ROUTING_TENANT_THREADS lookups in flight at most)."""
+    with _slots_lock:
+        slots = _slots.get(tenant_id)
+        if slots is None:
+            slots = _slots[tenant_id] = threading.BoundedSemaphore(settings.ROUTING_TENANT_THREADS)
+        return slots
+
+
+def _breaker_key(crm: CrmConnection | int, suffix: str) -> str:
+    return f"routing:breaker:{crm if isinstance(crm, int) else crm.pk}:{suffix}"
+
+
+def _label(crm: CrmConnection) -> str:
+    """How log lines name a CRM connection here: from its own fields, never a query (a lookup may report after
+    its tenant is gone)."""
+    return f"CRM connection {crm.pk} ({crm.key}, {crm.provider})"
 
 
 def breaker_open(crm: CrmConnection) -> bool:
-    return bool(cache.get(_breaker_key(crm, "open")))
+    key = _breaker_key(crm, "open")
+    return bool(fastcache.guarded(lambda cache: cache.get(key), None, "routing breaker"))
 
 
 def _record_failure(crm: CrmConnection) -> None:
-    key = _breaker_key(crm, "failures")
+    _record_failure_of(crm.pk, _label(crm))
+
+
+def _record_failure_of(pk: int, label: str) -> None:
+    fastcache.guarded(lambda cache: _count_failure(cache, pk, label), None, "routing breaker")
+
+
+def _count_failure(cache: Any, pk: int, label: str) -> None:
+    key = _breaker_key(pk, "failures")
     cache.add(key, 0, BREAKER_OPEN_SECONDS * 10)
     try:
         failures = cache.incr(key)
@@ -52,14 +88,21 @@ def _record_failure(crm: CrmConnection) -> None:
         failures = 1
     if failures >= BREAKER_THRESHOLD:
         logger.warning(
-            "routing: %s failed %s times in a row; skipped for %s s", crm, failures, BREAKER_OPEN_SECONDS
+            "routing: %s failed %s times in a row; skipped for %s s", label, failures, BREAKER_OPEN_SECONDS
         )
-        cache.set(_breaker_key(crm, "open"), 1, BREAKER_OPEN_SECONDS)
+        cache.set(_breaker_key(pk, "open"), 1, BREAKER_OPEN_SECONDS)
         cache.delete(key)
 
 
-def _record_success(crm: CrmConnection) -> None:
-    cache.delete(_breaker_key(crm, "failures"))
+def _record_success(crm: CrmConnection | int) -> None:
+    key = _breaker_key(crm, "failures")
+    fastcache.guarded(lambda cache: cache.delete(key), None, "routing breaker")
+
+
+def _cache_answers(answers: dict[str, dict[str, str]]) -> None:
+    if answers:
+        timeout = settings.ROUTING_CACHE_SECONDS
+        fastcache.guarded(lambda cache: cache.set_many(answers, timeout), None, "routing answers")
 
 
 def _cache_key(tenant: Tenant, crm: CrmConnection, caller: str, did: str) -> str:
@@ -72,7 +115,7 @@ def remember_answer(crm: CrmConnection, caller: str, did: str, answer: RoutingAn
     so the caller's next call is routed by it."""
     if answer is not None and (answer.extension or answer.display_name) and caller:
         value = {"extension": answer.extension, "display_name": answer.display_name}
-        cache.set(_cache_key(crm.tenant, crm, caller, did), value, settings.ROUTING_CACHE_SECONDS)
+        _cache_answers({_cache_key(crm.tenant, crm, caller, did): value})
 
 
 @dataclass
@@ -86,8 +129,53 @@ class _Asked:
 
 
 def _ask(adapter: Any, query: RoutingQuery, timeout: float) -> RoutingAnswer | None:
-    with adapter.connection.outbound_scope():  # the CRM connection's own allowed_networks
+    # The CRM connection's own allowed_networks, and a total deadline: an abandoned lookup frees its thread.
+    with adapter.connection.outbound_scope(), http.deadline(timeout):
         return adapter.lookup(query, timeout)
+
+
+# Lookups the routing deadline left behind report here when they finish: (CRM connection id, its label, the
+# answer's cache key, the answer, failed). The next routing question of this process records them (cache and
+# breaker), so routing threads never touch the cache or the database.
+_late_results: queue.SimpleQueue[tuple[int, str, str, RoutingAnswer | None, bool]] = queue.SimpleQueue()
+
+
+def _when_late_answer_arrives(crm: CrmConnection, key: str, future: Future[RoutingAnswer | None]) -> None:
+    """A lookup the routing deadline left behind: its answer, when it comes, is cached for the next call and
+    counts as a success; only an error counts against the CRM's breaker."""
+    pk, label = crm.pk, _label(crm)
+
+    def done(finished: Future[RoutingAnswer | None]) -> None:
+        if finished.cancelled():
+            return
+        failed = finished.exception() is not None
+        _late_results.put((pk, label, key, None if failed else finished.result(), failed))
+
+    future.add_done_callback(done)
+
+
+def record_late_results() -> None:
+    """Record what abandoned lookups brought back since the last routing question of this process."""
+    answers: dict[str, dict[str, str]] = {}
+    for pk, label, key, answer, failed in forget_late_results():
+        if failed:
+            _record_failure_of(pk, label)
+            continue
+        _record_success(pk)
+        if answer is not None and (answer.extension or answer.display_name):
+            answers[key] = {"extension": answer.extension, "display_name": answer.display_name}
+            logger.info("routing: %s answered late; cached for the next call", label)
+    _cache_answers(answers)
+
+
+def forget_late_results() -> list[tuple[int, str, str, RoutingAnswer | None, bool]]:
+    """Take every late result reported so far (tests drop them between tests)."""
+    taken = []
+    while True:
+        try:
+            taken.append(_late_results.get_nowait())
+        except queue.Empty:
+            return taken
 
 
 def resolve(
@@ -155,8 +243,7 @@ def resolve(
 
 def save_decision(decision: RoutingDecision) -> RoutingDecision:
     """Record the decision and cache the CRMs' fresh answers (each CRM's own, for the next call)."""
-    for key, answer in getattr(decision, "_fresh_answers", {}).items():
-        cache.set(key, answer, settings.ROUTING_CACHE_SECONDS)
+    _cache_answers(getattr(decision, "_fresh_answers", {}))
     decision._fresh_answers = {}  # type: ignore[attr-defined]
     if decision.pk is None:
         decision.save()
@@ -166,11 +253,19 @@ def save_decision(decision: RoutingDecision) -> RoutingDecision:
 def _ask_crms(
     tenant: Tenant, query: RoutingQuery, deadline: float
 ) -> tuple[str, str, str, dict[str, Any], dict[str, dict[str, str]]]:
+    record_late_results()
     crms = list(CrmConnection.objects.filter(tenant=tenant, active=True).order_by("priority", "id"))
     keys = {crm.pk: _cache_key(tenant, crm, query.caller, query.did) for crm in crms}
-    cached_answers = cache.get_many(list(keys.values())) if crms else {}
+    breakers = {crm.pk: _breaker_key(crm, "open") for crm in crms}
+    wanted = [*keys.values(), *breakers.values()]
+    # One round trip for the answers and the breakers, on the short request timeout (a fallback of nothing
+    # cached and every breaker closed when the cache does not answer).
+    cached_answers = (
+        fastcache.guarded(lambda cache: cache.get_many(wanted), {}, "routing answers") if crms else {}
+    )
     asked: list[_Asked] = []
     detail: dict[str, Any] = {"asked": [], "skipped": []}
+    slots = tenant_slots(tenant.pk)
     for crm in crms:
         adapter = get_provider(crm)
         cached = cached_answers.get(keys[crm.pk])
@@ -183,12 +278,19 @@ def _ask_crms(
             continue
         if not answers:
             continue
-        if breaker_open(crm):
+        if cached_answers.get(breakers[crm.pk]):
             detail["skipped"].append(crm.key)
             asked.append(item)  # its cached answer, if any, still counts
             continue
-        timeout = max(0.05, deadline - time.monotonic())
-        item.future = _executor.submit(_ask, adapter, query, timeout)
+        if not slots.acquire(blocking=False):
+            # The tenant already holds its share of the pool (its CRM hangs): not asked, nobody else waits.
+            detail.setdefault("busy", []).append(crm.key)
+            asked.append(item)
+            continue
+        # The lookup may outlive the routing deadline (its late answer is cached), never ROUTING_LOOKUP_SECONDS.
+        lookup_seconds = max(settings.ROUTING_LOOKUP_SECONDS, deadline - time.monotonic())
+        item.future = _executor.submit(_ask, adapter, query, lookup_seconds)
+        item.future.add_done_callback(lambda _f, slots=slots: slots.release())
         item.must_finish = every_call
         asked.append(item)
         detail["asked"].append(crm.key)
@@ -208,12 +310,13 @@ def _ask_crms(
         answer, answered_by = item.cached, "cache"
         if item.future is not None and not item.future.done():
             detail.setdefault("late", []).append(item.crm.key)
-            _record_failure(item.crm)
+            if not item.future.cancel():  # not started yet: cancelled; running: its answer is kept for later
+                _when_late_answer_arrives(item.crm, keys[item.crm.pk], item.future)
         elif item.future is not None:
             try:
                 answer, answered_by = item.future.result(), item.crm.key
             except Exception as exc:
-                logger.warning("routing: %s failed: %s", item.crm, exc)
+                logger.warning("routing: %s failed: %s", _label(item.crm), exc)
                 detail.setdefault("failed", []).append(item.crm.key)
                 _record_failure(item.crm)
             else:

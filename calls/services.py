@@ -21,6 +21,7 @@ from django.utils import timezone
 from calls import click_to_call, outbox
 from calls.events import NormalisedEvent
 from calls.models import Call, CallEvent, OriginateRequest, Recording, RoutingDecision
+from calls.reconcile import is_unknown_close
 from integrations.models import CrmConnection, Extension, PbxConnection, Tenant
 from integrations.phones import InvalidPhone, to_e164
 from integrations.providers.base import JobSpec, Notice, ProviderError, get_provider
@@ -31,6 +32,7 @@ MATCH_WINDOW = dt.timedelta(minutes=1)
 # Order keys of the notices the pipeline adds at the end of a call: after every event of the call.
 CANCEL_SUFFIX = "~1"
 COMPLETED_SUFFIX = "~2"
+CORRECTED_SUFFIX = "~3"
 RECORDING_ORDER_KEY = "~~recording"
 
 
@@ -68,6 +70,13 @@ def apply_events(
     jobs.add(call.pbx_connection, adapter.jobs_after_ingest(call, new), call)
     if call.is_external:
         notices = compute_notices(call, before, new, all_events)
+        if before.result == "unknown" and call.result not in ("", "unknown") and before.final_for_crm:
+            # A real end after a reconciliation closed the call as unknown: CRMs that can take a correction.
+            notices.append(
+                Notice(
+                    "corrected", _last_order_key(all_events) + CORRECTED_SUFFIX, call.responsible_extension
+                )
+            )
         fan_out(call, notices, jobs)
     jobs.write()
 
@@ -77,10 +86,11 @@ class CallSnapshot:
     ended: bool
     final_for_crm: bool
     answered: tuple[str, ...]
+    result: str = ""
 
     @classmethod
     def of(cls, call: Call) -> CallSnapshot:
-        return cls(call.ended, call.final_for_crm, tuple(call.answered_extensions))
+        return cls(call.ended, call.final_for_crm, tuple(call.answered_extensions), call.result)
 
 
 def _unique(items: Sequence[str]) -> list[str]:
@@ -92,6 +102,11 @@ def recompute(call: Call, events: Sequence[NormalisedEvent], adapter: Any) -> No
     events = sorted(events, key=lambda e: e.order_key)
     known = [e for e in events if e.kind != "unknown"]
     completed = [e for e in known if e.kind == "completed"]
+    # A call reconciliation closed as `unknown` (calls/reconcile.py) is corrected by any real completion.
+    real = [e for e in completed if not is_unknown_close(e)]
+    if real:
+        known = [e for e in known if not is_unknown_close(e)]
+        completed = real
     last_completed = completed[-1] if completed else None
 
     directions = [e.direction for e in known if e.direction]

@@ -56,7 +56,17 @@ def send_jobs(owner: str, job_ids: Sequence[int]) -> None:
 
 
 def publish_claim(owner: str, job_ids: Sequence[int]) -> None:
-    send_jobs.apply_async(args=[owner, list(job_ids)], retry=False)
+    """One task per claim, with its kind's time limits: both end before the claim's lease does."""
+    from calls.models import OutboundJob
+
+    kind = OutboundJob.objects.filter(pk__in=list(job_ids)).values_list("kind", flat=True).first() or ""
+    limits = outbox.timing(kind)
+    send_jobs.apply_async(
+        args=[owner, list(job_ids)],
+        retry=False,
+        soft_time_limit=limits.soft_limit,
+        time_limit=limits.hard_limit,
+    )
 
 
 @shared_task(name="calls.tasks.process_inbox", ignore_result=True, acks_late=False)
@@ -93,3 +103,16 @@ def _run_periodic() -> int:
     from calls.services import schedule_periodic_jobs
 
     return schedule_periodic_jobs()
+
+
+@shared_task(name="calls.tasks.reconcile_silent_calls", ignore_result=True)
+def reconcile_silent_calls() -> int:
+    """Queue a reconciliation for every call with no end and no event for RECONCILE_AFTER_SECONDS (beat)."""
+    return _reconcile_silent_calls()
+
+
+@singleton("reconcile_silent_calls", ttl=120)
+def _reconcile_silent_calls() -> int:
+    from calls.reconcile import schedule_reconciliation
+
+    return schedule_reconciliation()

@@ -16,7 +16,6 @@ import time
 from typing import IO
 
 from django.conf import settings
-from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils.http import http_date, parse_etags, parse_http_date_safe
 from django.views.decorators.http import require_http_methods
@@ -25,13 +24,13 @@ from calls.models import PlaybackLog, Recording
 from calls.recordings import storage, try_fetch_now
 from integrations.models import CrmConnection
 from integrations.providers.base import UnknownProvider, get_provider
-from integrations.throttles import client_address
+from integrations.rates import parse_rate
+from integrations.throttles import client_address, fail_open, hit
 
 logger = logging.getLogger("callbridge.records")
 
 CHUNK = 64 * 1024
 RETRY_AFTER_SECONDS = 60
-_PERIODS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
 MAX_RANGE_DIGITS = 18  # 10^18 bytes is an exabyte: any longer number is no offset into a recording
 
 
@@ -48,25 +47,13 @@ def _now() -> float:
 
 
 def throttled(address: str) -> bool:
-    """RECORDS_THROTTLE per client address, counted on the shared cache (every process together).
-
-    A fixed window whose number is part of the key: the count resets when the window ends whatever the cache
-    backend does to expiry times (the database cache's incr() rewrites the entry with the default timeout, so
-    a key-per-address counter would never reset for a steady client, or reset early for a long period).
-    """
-    count, period = settings.RECORDS_THROTTLE.split("/")
-    seconds = _PERIODS[period]
-    window = int(_now() // seconds)
-    key = f"records:throttle:{address}:{window}"
-    if cache.add(key, 1, seconds + 1):
-        return int(count) < 1
-    try:
-        current = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, seconds + 1)
-        return int(count) < 1
-    cache.touch(key, seconds + 1)
-    return current > int(count)
+    """RECORDS_THROTTLE per client address, counted on the shared cache (every process together). It protects
+    the portal, so a cache outage lets requests through (with a log line) rather than refusing every player."""
+    limit, _seconds = parse_rate(settings.RECORDS_THROTTLE)
+    count, _retry = fail_open(
+        lambda: hit(f"records:throttle:{address}", settings.RECORDS_THROTTLE, _now()), (0, 0)
+    )
+    return count > limit
 
 
 def _client_id_allowed(recording: Recording, client_id: str) -> bool:

@@ -2,7 +2,9 @@
 
 What it guarantees, whoever calls it:
 
-* mandatory connect and read timeouts, a ``Callbridge/<version> (+PUBLIC_BASE_URL)`` User-Agent, TLS
+* mandatory connect and read timeouts and, inside :func:`deadline`, a total deadline over connect, send and
+  the whole body (a watchdog shuts the socket of a server that trickles its answer), a
+  ``Callbridge/<version> (+PUBLIC_BASE_URL)`` User-Agent, TLS
   verification always on (``OUTBOUND_CA_BUNDLE`` adds CAs to the public ones, it never replaces them);
 * every failure becomes one :class:`OutboundError` carrying the status, a truncated body, ``Retry-After`` and a
   permanent/transient verdict the outbox acts on;
@@ -406,6 +408,112 @@ def _preflight(url: str, shown_url: str, method: str) -> None:
         raise refuse(f"address {ip} is not allowed ({reason})")
 
 
+# --------------------------------------------------------------------------------------------- total deadline
+
+
+class Deadline:
+    """A moment by which every request made inside :func:`deadline` must be over, body included.
+
+    Socket timeouts bound each read, not the transfer: a server that sends a byte every few seconds would keep a
+    worker for ever. So a watchdog timer shuts down the sockets of the requests in flight when the moment comes;
+    the blocked read returns and the request fails as a transient ``timeout``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.until = time.monotonic() + seconds
+        self.expired = False
+        self._connections: set[Any] = set()
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        return self.until - time.monotonic()
+
+    def watch(self, conn: Any) -> None:
+        with self._lock:
+            self._connections.add(conn)
+            conn._callbridge_deadline = self
+            if self.expired:
+                self._shut(conn)
+
+    def forget(self, conn: Any) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+            if getattr(conn, "_callbridge_deadline", None) is self:
+                conn._callbridge_deadline = None
+
+    def fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for conn in self._connections:
+                self._shut(conn)
+
+    @staticmethod
+    def _shut(conn: Any) -> None:
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+_deadline: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "callbridge_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[Deadline]:
+    """Every request made inside the block (this thread or context) is over within ``seconds`` in all. A
+    nested deadline never extends an outer one."""
+    outer = _deadline.get()
+    limit = seconds if outer is None else min(seconds, outer.remaining())
+    current = Deadline(max(0.0, limit))
+    timer = threading.Timer(current.seconds, current.fire)
+    timer.daemon = True
+    timer.start()
+    token = _deadline.set(current)
+    try:
+        yield current
+    finally:
+        timer.cancel()
+        _deadline.reset(token)
+
+
+def current_deadline() -> Deadline | None:
+    """The deadline in force here (to carry it into a worker thread with :func:`deadline`), or None."""
+    return _deadline.get()
+
+
+def _bounded_timeout(timeout: Timeout, method: str, shown: str) -> Timeout:
+    """The request's own timeouts, cut to what the current deadline leaves."""
+    current = _deadline.get()
+    if current is None:
+        return timeout
+    left = current.remaining()
+    if left <= 0 or current.expired:
+        raise _deadline_error(current, method, shown)
+    if isinstance(timeout, tuple):
+        return (min(timeout[0], left), min(timeout[1], left))
+    return min(timeout, left)
+
+
+def _check_deadline(method: str, shown: str) -> None:
+    # The time, not only the watchdog's flag: a process frozen past its deadline may wake with the whole body in
+    # its socket buffer before the watchdog thread runs.
+    current = _deadline.get()
+    if current is not None and (current.expired or current.remaining() <= 0):
+        raise _deadline_error(current, method, shown)
+
+
+def _deadline_error(current: Deadline, method: str, shown: str) -> OutboundError:
+    return OutboundError(
+        f"{method} {shown}: timed out (total deadline of {current.seconds:g} s passed)",
+        permanent=False,
+        kind="timeout",
+        url=shown,
+        method=method,
+    )
+
+
 # --------------------------------------------------------------------------------------------- connection layer
 
 
@@ -462,19 +570,38 @@ class _GuardedConnectionMixin:
         ) from last_error
 
 
-class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+class _DeadlineConnectionMixin:
+    """Puts each request's connection under the current deadline's watchdog while the request owns it."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        current = _deadline.get()
+        if current is not None:
+            current.watch(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _GuardedHTTPConnection(_DeadlineConnectionMixin, _GuardedConnectionMixin, HTTPConnection):
     pass
 
 
-class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+class _GuardedHTTPSConnection(_DeadlineConnectionMixin, _GuardedConnectionMixin, HTTPSConnection):
     pass
 
 
-class _GuardedHTTPConnectionPool(HTTPConnectionPool):
+class _DeadlinePoolMixin:
+    def _put_conn(self, conn: Any) -> None:
+        # Back in the pool, the connection is nobody's: a later watchdog must not cut another request's socket.
+        owner = getattr(conn, "_callbridge_deadline", None)
+        if owner is not None:
+            owner.forget(conn)
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _GuardedHTTPConnectionPool(_DeadlinePoolMixin, HTTPConnectionPool):
     ConnectionCls = _GuardedHTTPConnection
 
 
-class _GuardedHTTPSConnectionPool(HTTPSConnectionPool):
+class _GuardedHTTPSConnectionPool(_DeadlinePoolMixin, HTTPSConnectionPool):
     ConnectionCls = _GuardedHTTPSConnection
 
 
@@ -803,6 +930,7 @@ class HttpClient:
                     dest.write(chunk)
             except requests.RequestException as exc:
                 raise self._convert(exc, "GET", shown, secrets) from None
+            _check_deadline("GET", shown)
         logger.debug("outbound GET %s downloaded %d bytes (%s)", shown, size, content_type or "no type")
         return content_type, size
 
@@ -819,6 +947,7 @@ class HttpClient:
     ) -> requests.Response:
         method = prepared.method or ""
         started = time.monotonic()
+        timeout = _bounded_timeout(timeout, method, shown)
         try:
             # The adapter is called directly (not through a Session) so nothing reads a redirect body, stores
             # cookies or consults environment proxies; `responses` patches exactly this call.
@@ -846,6 +975,9 @@ class HttpClient:
         self, exc: BaseException, method: str, shown: str, secrets: tuple[str, ...]
     ) -> OutboundError:
         detail = mask(str(exc), secrets)[:300]
+        current = _deadline.get()
+        if current is not None and (current.expired or current.remaining() <= 0):
+            return _deadline_error(current, method, shown)
 
         def error(what: str, *, permanent: bool, kind: str) -> OutboundError:
             return OutboundError(
@@ -925,6 +1057,7 @@ class HttpClient:
         except requests.RequestException as exc:
             response.close()
             raise self._convert(exc, method, shown, secrets) from None
+        _check_deadline(method, shown)  # a body cut short by the watchdog is no body
         return b"".join(chunks)
 
     @staticmethod

@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.http import HttpRequest
 
 from integrations.rates import parse_rate
+from portal import fastcache
 
 logger = logging.getLogger("callbridge.throttles")
-
-# After a cache error the throttles that fail open skip the cache for this long, so a cache that hangs costs
-# one slow request per process, not one per request.
-CACHE_BACKOFF_SECONDS = 30.0
-_cache_down_until = 0.0
 
 
 def client_address(request: HttpRequest) -> str:
@@ -69,6 +63,7 @@ def hit(name: str, rate: str, now: float) -> tuple[int, int]:
     window = int(now // seconds)
     retry_after = max(1, int((window + 1) * seconds - now))
     key = f"{name}:{window}"
+    cache = fastcache.request_cache()
     if cache.add(key, 1, seconds + 1):
         return 1, retry_after
     try:
@@ -84,17 +79,11 @@ def peek(name: str, rate: str, now: float) -> tuple[int, int]:
     """The current window's count without adding to it, and the seconds until the window ends."""
     _limit, seconds = parse_rate(rate)
     window = int(now // seconds)
-    return int(cache.get(f"{name}:{window}") or 0), max(1, int((window + 1) * seconds - now))
+    count = fastcache.request_cache().get(f"{name}:{window}")
+    return int(count or 0), max(1, int((window + 1) * seconds - now))
 
 
 def fail_open(operation: Any, default: Any) -> Any:
-    """Run a cache operation for a throttle that must not turn a cache outage into refused requests."""
-    global _cache_down_until
-    if time.monotonic() < _cache_down_until:
-        return default
-    try:
-        return operation()
-    except Exception as exc:  # any backend's connection or timeout error
-        _cache_down_until = time.monotonic() + CACHE_BACKOFF_SECONDS
-        logger.warning("throttle cache unavailable, not throttling for %ss: %s", CACHE_BACKOFF_SECONDS, exc)
-        return default
+    """Run a cache operation for a throttle that must not turn a cache outage into refused requests: on the
+    request cache's short timeout, with a log line and the default when the cache fails (portal/fastcache.py)."""
+    return fastcache.guarded(lambda _cache: operation(), default, "throttle, not throttling")

@@ -149,6 +149,27 @@ WEBHOOK_MAX_BODY_BYTES = int(
     _positive("WEBHOOK_MAX_BODY_BYTES", _get("WEBHOOK_MAX_BODY_BYTES", env.int, 65536))
 )
 OUTBOX_TIME_SCALE = _positive("OUTBOX_TIME_SCALE", _get("OUTBOX_TIME_SCALE", env.float, 1.0))
+# Fencing (docs/reliability.md): the outbound work of one claim (connect + send + read of every body) ends at
+# OUTBOUND_DEADLINE_SECONDS; the task's soft and hard limits and the job's lease follow, each
+# OUTBOX_LEASE_MARGIN_SECONDS later, so a worker is stopped before anyone else may claim its jobs.
+OUTBOUND_DEADLINE_SECONDS = _positive(
+    "OUTBOUND_DEADLINE_SECONDS", _get("OUTBOUND_DEADLINE_SECONDS", env.float, 60.0)
+)
+OUTBOX_LEASE_MARGIN_SECONDS = _positive(
+    "OUTBOX_LEASE_MARGIN_SECONDS", _get("OUTBOX_LEASE_MARGIN_SECONDS", env.float, 20.0)
+)
+# A call with no end and no event for this long is reconciled through its PBX adapter.
+RECONCILE_AFTER_SECONDS = _positive(
+    "RECONCILE_AFTER_SECONDS", _get("RECONCILE_AFTER_SECONDS", env.float, 900.0)
+)
+# Request paths (webhooks, routing, probes, /records) wait at most this long for the cache, then fall back.
+REQUEST_CACHE_TIMEOUT_SECONDS = _positive(
+    "REQUEST_CACHE_TIMEOUT_SECONDS", _get("REQUEST_CACHE_TIMEOUT_SECONDS", env.float, 0.2)
+)
+# Bulkheads for routing: the lookup threads one tenant may hold at once, and how long an abandoned lookup
+# (the routing deadline passed) may still run so that its late answer is cached for the next call.
+ROUTING_TENANT_THREADS = int(_positive("ROUTING_TENANT_THREADS", _get("ROUTING_TENANT_THREADS", env.int, 8)))
+ROUTING_LOOKUP_SECONDS = _positive("ROUTING_LOOKUP_SECONDS", _get("ROUTING_LOOKUP_SECONDS", env.float, 5.0))
 # The relay keeps at most this many claims (one Celery task each: a job or a batch) published and not yet done,
 # so a backlog after an outage reaches the broker as fast as workers take it, not in one burst.
 OUTBOX_MAX_IN_FLIGHT = int(_positive("OUTBOX_MAX_IN_FLIGHT", _get("OUTBOX_MAX_IN_FLIGHT", env.int, 64)))
@@ -193,6 +214,11 @@ if not isinstance(RECORDINGS_STORAGE_OPTIONS, dict):
     raise ImproperlyConfigured("RECORDINGS_STORAGE_OPTIONS: must be a JSON object")
 RECORDING_MAX_BYTES = int(
     _positive("RECORDING_MAX_BYTES", _get("RECORDING_MAX_BYTES", env.int, 50 * 1024 * 1024))
+)
+# The slowest download a recording fetch accepts: with RECORDING_MAX_BYTES it sets the fetch's own deadline,
+# task limits and lease (calls/outbox.py `timing`).
+RECORDING_MIN_BYTES_PER_SECOND = int(
+    _positive("RECORDING_MIN_BYTES_PER_SECOND", _get("RECORDING_MIN_BYTES_PER_SECOND", env.int, 256 * 1024))
 )
 RECORDING_FETCH_HOURS = _positive("RECORDING_FETCH_HOURS", _get("RECORDING_FETCH_HOURS", env.float, 6.0))
 RECORDS_THROTTLE = _rate("RECORDS_THROTTLE", _get("RECORDS_THROTTLE", env.str, "60/min"))
@@ -336,9 +362,19 @@ CACHES["default"].setdefault("TIMEOUT", 300)
 if CACHES["default"]["BACKEND"].endswith("DatabaseCache"):
     # The default cull at 300 entries would drop rate-limiter seats and routing answers under load.
     CACHES["default"].setdefault("OPTIONS", {}).setdefault("MAX_ENTRIES", 100000)
+# The same cache for request paths, with short socket timeouts (portal/fastcache.py adds a per-process
+# back-off): a frozen Redis costs a webhook, a routing answer or a probe REQUEST_CACHE_TIMEOUT_SECONDS at most.
+CACHES["request"] = {**CACHES["default"], "OPTIONS": dict(CACHES["default"].get("OPTIONS", {}))}
 if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
     # redis-py waits forever by default: a frozen Redis would hang every request that touches the cache.
     CACHES["default"].setdefault("OPTIONS", {}).update({"socket_connect_timeout": 3, "socket_timeout": 5})
+    CACHES["request"]["OPTIONS"].update(
+        {
+            "socket_connect_timeout": REQUEST_CACHE_TIMEOUT_SECONDS,
+            "socket_timeout": REQUEST_CACHE_TIMEOUT_SECONDS,
+            "retry_on_timeout": False,
+        }
+    )
 
 CELERY_BROKER_URL = _get("CELERY_BROKER_URL", env.str, "filesystem://")
 if "://" not in CELERY_BROKER_URL:
@@ -365,14 +401,26 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "socket_timeout": 5,
         "socket_connect_timeout": 3,
-        "visibility_timeout": 300,
+        # Longer than the longest task (a recording fetch's hard limit): a message redelivered while its
+        # task still runs would start a second worker on the same claim.
+        "visibility_timeout": max(
+            300,
+            2
+            * (
+                OUTBOUND_DEADLINE_SECONDS
+                + RECORDING_MAX_BYTES / RECORDING_MIN_BYTES_PER_SECOND
+                + 3 * OUTBOX_LEASE_MARGIN_SECONDS
+            ),
+        ),
         "retry_on_timeout": True,
     }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_TIME_LIMIT = 120
-CELERY_TASK_SOFT_TIME_LIMIT = 100
+# Defaults for every task; an outbox task gets its kind's own limits (calls/outbox.py `timing`), all of them
+# below the lease of the jobs it sends.
+CELERY_TASK_SOFT_TIME_LIMIT = OUTBOUND_DEADLINE_SECONDS + OUTBOX_LEASE_MARGIN_SECONDS
+CELERY_TASK_TIME_LIMIT = OUTBOUND_DEADLINE_SECONDS + 2 * OUTBOX_LEASE_MARGIN_SECONDS
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -391,6 +439,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "outbox-relay": {"task": "calls.tasks.relay", "schedule": schedule(1.5), "options": {"expires": 1.5}},
     "inbox-sweep": {"task": "calls.tasks.process_inbox", "schedule": schedule(5), "options": {"expires": 5}},
     "periodic-jobs": {"task": "calls.tasks.run_periodic", "schedule": schedule(60)},
+    "reconcile-silent-calls": {
+        "task": "calls.tasks.reconcile_silent_calls",
+        "schedule": schedule(min(60.0, RECONCILE_AFTER_SECONDS / 3)),
+        "options": {"expires": min(60.0, RECONCILE_AFTER_SECONDS / 3)},
+    },
     "recordings-retention": {"task": "calls.tasks.purge_expired_recordings", "schedule": schedule(24 * 3600)},
     # Admin operations (Test connection, directory import) whose message was lost: run by the sweep.
     "connection-operations": {

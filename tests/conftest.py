@@ -54,8 +54,18 @@ def _clear_cache(settings):
     settings.LANGUAGE_CODE = "en"
     from django.core.cache import cache
 
+    from portal import fastcache
+
     with contextlib.suppress(Exception):
         cache.clear()
+    fastcache.reset()  # a test that broke the cache must not leave the next one backing off
+    from calls import routing
+
+    routing._slots.clear()  # lookups a test left running must not hold the next test's tenant's share
+    routing.forget_late_results()  # nor report into the next test's cache
+    from portal import health
+
+    health.forget()  # /readyz's memoised answer belongs to the test that asked
     yield
 
 
@@ -96,3 +106,7 @@ def listener():
     lst = Listener()
     yield lst
     lst.close()
+
+
+# A private redis-server for the tests that break Redis (tests/private_redis.py).
+from tests.private_redis import private_redis  # noqa: E402,F401

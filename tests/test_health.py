@@ -57,21 +57,14 @@ def test_readyz_stays_ready_when_broker_and_cache_are_unreachable(tmp_path: Path
         )
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
-    # The inbox's age is a database read: the cache and the broker do not decide it (a number, or None in this
-    # child's database without tables).
-    age = answer["body"].pop("inbox_oldest_pending_seconds")
+    body = answer["body"]
+    age = body.pop("inbox_oldest_pending_seconds")
     assert age is None or age >= 0
-    assert answer == {
-        "status_code": 200,
-        "body": {
-            "status": "ok",
-            "database": "ok",
-            "cache": "error",
-            "broker": "error",
-            "broker_url_scheme": "redis",
-        },
-    }
-    assert "readiness: broker unreachable" in result.stderr
+    assert answer["status_code"] == 200
+    assert (body["status"], body["database"], body["broker_url_scheme"]) == ("ok", "ok", "redis")
+    # A refused port fails at once ("error"); a first check in a cold process may still be loading the
+    # transport when the probe's 150 ms are up ("timeout"). Either way, never "ok".
+    assert body["cache"] in {"error", "timeout"} and body["broker"] in {"error", "timeout"}
 
 
 def test_readyz_answers_503_when_the_database_is_unreachable(tmp_path: Path):
@@ -87,3 +80,42 @@ def test_readyz_answers_503_when_the_database_is_unreachable(tmp_path: Path):
     assert answer["status_code"] == 503
     assert answer["body"]["status"] == "error"
     assert answer["body"]["database"] == "error"
+
+
+PROBE_WHILE_FROZEN = """
+import json, time
+from django.test import Client
+client = Client()
+client.get("/healthz")  # URLconf and middleware loaded, as in a server that has answered before
+probes = []
+for _ in range(3):
+    started = time.monotonic()
+    response = client.get("/readyz")
+    probes.append({"seconds": time.monotonic() - started, "status": response.status_code, "body": response.json()})
+    time.sleep(1.1)  # past the memo: every probe checks again
+print(json.dumps(probes))
+"""
+
+
+def test_readyz_answers_within_200_ms_while_redis_is_frozen(private_redis, tmp_path: Path):
+    private_redis.freeze()
+    try:
+        result = run_django(
+            PROBE_WHILE_FROZEN,
+            tmp_path,
+            DJANGO_SETTINGS_MODULE="portal.settings_test",
+            CELERY_BROKER_URL=f"redis://127.0.0.1:{private_redis.port}/0",
+            CACHE_URL=f"redis://127.0.0.1:{private_redis.port}/1",
+        )
+    finally:
+        private_redis.thaw()
+    assert result.returncode == 0, result.stderr
+    probes = json.loads(result.stdout.strip().splitlines()[-1])
+    for probe in probes:
+        # 200 ms is the contract; 50 ms more for a busy shared machine.
+        assert probe["seconds"] < 0.25, probes
+        assert probe["status"] == 200 and probe["body"]["database"] == "ok"
+        assert probe["body"]["cache"] in {"timeout", "error"} and probe["body"]["broker"] in {
+            "timeout",
+            "error",
+        }

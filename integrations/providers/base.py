@@ -264,6 +264,7 @@ NoticeKind = Literal[
     "completed",
     "recording_stored",
     "recording_link_changed",
+    "corrected",
 ]
 
 
@@ -277,7 +278,9 @@ class Notice:
     (a transfer), with its own `talk_seconds` when the events give them (closes that card); completed: the call
     is final for CRMs; recording_stored: the file is in storage and `/records/<token>` serves it;
     recording_link_changed: an admin revoked the link and `call.recording.public_url` is the new one (a CRM
-    whose protocol can replace a link sends it again).
+    whose protocol can replace a link sends it again); corrected: a call that reconciliation closed as
+    `unknown` got its real end, so its outcome changed after CRMs had the completion (a CRM whose protocol can
+    amend a completed call sends it again).
     """
 
     kind: NoticeKind

@@ -117,6 +117,9 @@ class SandboxCrmProvider(CrmProvider):
                         KIND_HISTORY, f"{call.pk}:history", payload, call, notice.order_key + HISTORY_SUFFIX
                     )
                 )
+            elif notice.kind == "corrected":  # the sandbox shows the corrected completion as a new entry
+                key = f"{call.pk}:completed:corrected"
+                specs.append(JobSpec(KIND_COMPLETED, key, payload, call, notice.order_key))
             elif notice.kind == "recording_stored":
                 specs.append(JobSpec(KIND_RECORDING, f"{call.pk}:recording", payload, call, notice.order_key))
         return specs

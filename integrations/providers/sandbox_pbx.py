@@ -317,6 +317,7 @@ class SandboxPbxProvider(PbxProvider):
             return f"{job.payload.get('description', '')}: HTTP {status} {text[:100]}".strip()
         if job.kind != DETAILS:
             return super().perform(job)
+        from calls import outbox
         from calls.processor import ingest
 
         call = job.call
@@ -326,11 +327,13 @@ class SandboxPbxProvider(PbxProvider):
         if details is None:
             # Played against another portal's sandbox, or its record was deleted: end from the events alone.
             note = "completed from events: the sandbox PBX does not know this call"
-            ingest(self.connection, [self.unknown_call_event(call, note)])
+            with outbox.on_behalf_of(job):
+                ingest(self.connection, [self.unknown_call_event(call, note)])
             return note
         if details["state"] == "live":
             raise ProviderError("the sandbox PBX still reports the call as live", retry_after=2)
-        ingest(self.connection, self.details_events(call, details))
+        with outbox.on_behalf_of(job):
+            ingest(self.connection, self.details_events(call, details))
         return (
             f"details: {details['result']}, talk {details['talk_seconds']} s, recorded {details['recorded']}"
         )

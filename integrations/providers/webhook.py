@@ -74,6 +74,9 @@ NOTICE_EVENTS = {
     "dialing": RINGING,
     "answered": ANSWERED,
     "completed": COMPLETED,
+    # A call closed as `unknown` by reconciliation got its real end: a second call.completed (its own
+    # webhook-id) carries the corrected call.
+    "corrected": COMPLETED,
     "recording_stored": RECORDING_READY,
 }
 SECRET_PREFIX = "whsec_"
@@ -189,6 +192,7 @@ class WebhookProvider(CrmProvider):
                 continue
             # One answered per extension that answers (a transfer is news); the others once per call.
             suffix = f":{notice.extension}" if event == ANSWERED else ""
+            suffix += ":corrected" if notice.kind == "corrected" else ""
             specs.append(JobSpec(KINDS[event], f"{call.pk}:{event}{suffix}", {}, call, notice.order_key))
         return specs
 

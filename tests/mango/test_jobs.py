@@ -347,3 +347,63 @@ def test_a_repeated_reconciliation_adds_nothing(client, mocked, quick_polls, pbx
     cache.clear()  # the per-tenant 2-second limiter of stats/request
     assert adapter.perform(job) == "5 calls in the statistics, 0 completed from them"
     assert (Call.objects.count(), CallEvent.objects.count(), OutboundJob.objects.count()) == counts
+
+
+def test_periodic_reconciliation_covers_the_time_since_its_last_successful_run(tenant):
+    pbx = PbxConnectionFactory(tenant=tenant, provider="mango", settings={"reconcile_hours": 2})
+    adapter = get_provider(pbx)
+    at_ten = dt.datetime(2024, 11, 24, 10, 7, tzinfo=dt.UTC)
+    [first] = adapter.periodic_jobs(at_ten)
+    until = int(dt.datetime(2024, 11, 24, 9, 55, tzinfo=dt.UTC).timestamp())
+    assert first.payload == {"date_from": until - 2 * 3600, "date_to": until}, "no run yet: reconcile_hours"
+
+    # The last run that succeeded covered up to three days ago (the portal was down since).
+    last = until - 3 * 86400
+    outbox.create_jobs(
+        pbx, [type(first)("mango.reconcile", "old", {"date_from": last - 7200, "date_to": last})]
+    )
+    OutboundJob.objects.filter(dedupe_key="old").update(status=OutboundJob.SENT)
+    [catch_up] = adapter.periodic_jobs(at_ten)
+    assert catch_up.payload == {"date_from": last, "date_to": until}
+
+    # Never further back than the 14 days Mango keeps.
+    OutboundJob.objects.filter(dedupe_key="old").update(payload={"date_to": until - 30 * 86400})
+    [bounded] = adapter.periodic_jobs(at_ten)
+    assert bounded.payload["date_from"] == until - 14 * 86400
+
+
+def test_a_silent_call_is_reconciled_from_the_statistics(client, mocked, quick_polls, pbx, crm, extensions):
+    from calls.reconcile import schedule_reconciliation
+
+    webhooks = [w for w in load("missed_call.json")["webhooks"] if w["path"] != "events/summary"]
+    deliver(client, pbx, webhooks)
+    entry = webhooks[0]["json"]["entry_id"]
+    CallEvent.objects.update(received_at=timezone.now() - dt.timedelta(hours=1))
+    row = f"{entry};{T0};{T0 + 6};{T0 + 31};0;;79161234567;101;sip:ivan@acme.mangosip.ru;1110;74951234567;abonent;[]\n"
+    mocked.add(responses.POST, f"{API_URL}/stats/request", json={"key": "k"})
+    mocked.add(responses.POST, f"{API_URL}/stats/result", body=row)
+
+    assert schedule_reconciliation() == 1
+    outbox.relay(publish=lambda owner, ids: outbox.run_claim(owner, ids))
+
+    call = Call.objects.get()
+    assert (call.ended, call.result, call.final_for_crm) == (True, "missed", True)
+
+
+def test_a_silent_call_missing_from_the_statistics_is_closed_as_unknown(
+    client, mocked, quick_polls, pbx, crm, extensions
+):
+    from calls.reconcile import schedule_reconciliation
+
+    webhooks = [w for w in load("missed_call.json")["webhooks"] if w["path"] != "events/summary"]
+    deliver(client, pbx, webhooks)
+    CallEvent.objects.update(received_at=timezone.now() - dt.timedelta(hours=1))
+    mocked.add(responses.POST, f"{API_URL}/stats/request", json={"key": "k"})
+    mocked.add(responses.POST, f"{API_URL}/stats/result", body="")
+
+    assert schedule_reconciliation() == 1
+    outbox.relay(publish=lambda owner, ids: outbox.run_claim(owner, ids))
+
+    call = Call.objects.get()
+    assert (call.ended, call.result) == (True, "unknown")
+    assert "Mango's statistics have no such call" in call.completion_note

@@ -22,6 +22,7 @@ from integrations.providers.base import (
     OriginateResult,
     PbxProvider,
     ProviderError,
+    ReconcileResult,
     RoutingAnswer,
     WebhookAuthError,
     WebhookInputError,
@@ -49,6 +50,14 @@ class FakePbx(PbxProvider):
             raise WebhookInputError("Invalid JSON") from exc
         self.store_events(events)  # as a real webhook: the inbox processor applies them
         return Response({"ok": True})
+
+    def reconcile(self, call: Any) -> ReconcileResult:
+        """What the connection's `reconcile` setting says: completed (answered), live or unknown."""
+        status = self.connection.settings.get("reconcile", "unknown")
+        if status == "completed":
+            end = {"call": call.provider_call_id, "kind": "completed", "seq": 90, "outcome": "answered"}
+            return ReconcileResult("completed", (to_event(end),), note="from the fake PBX's records")
+        return ReconcileResult(status, note=f"the fake PBX says {status}")
 
     def originate(self, request: Any) -> OriginateResult:
         response = requests.post(
@@ -122,9 +131,11 @@ class FakeCrm(CrmProvider):
         return response.text[:200]
 
     def lookup(self, query: Any, timeout: float) -> RoutingAnswer | None:
-        delay = self.connection.settings.get("delay", 0)
+        delay = float(self.connection.settings.get("delay", 0))
         if delay:
             time.sleep(min(delay, 10))
+        if self.connection.settings.get("fail"):
+            raise ProviderError("the fake CRM fails its lookups")
         answer = self.connection.settings.get("answer")
         return RoutingAnswer(**answer) if answer else None
 

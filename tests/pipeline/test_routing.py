@@ -96,14 +96,44 @@ def test_answers_are_cached(tenant, extensions):
 
 def test_circuit_breaker_skips_a_crm_after_five_failures(tenant, extensions, settings):
     settings.ROUTING_CACHE_SECONDS = 0
-    slow = fake_crm(tenant, "slow", 1, {"extension": "101"}, delay=1)
+    failing = CrmConnectionFactory(
+        tenant=tenant, provider="fakecrm", key="failing", priority=1, settings={"fail": True}, secrets={}
+    )
     for n in range(5):
         routing.resolve(tenant, f"+7916123456{n}", "", deadline_ms=150)
-    assert routing.breaker_open(slow)
+    assert routing.breaker_open(failing)
     started = time.monotonic()
     decision = routing.resolve(tenant, CALLER, "", deadline_ms=150)
     assert time.monotonic() - started < 0.1
-    assert decision.detail["skipped"] == ["slow"]
+    assert decision.detail["skipped"] == ["failing"]
+
+
+def test_a_late_answer_is_no_failure_and_is_cached_for_the_next_call(tenant, extensions):
+    slow = fake_crm(tenant, "slow", 1, {"extension": "101", "display_name": "Ivan"}, delay=0.6)
+    for _n in range(6):  # more late answers than the breaker's threshold of failures
+        first = routing.resolve(tenant, CALLER, "", deadline_ms=200)
+        assert first.detail["late"] == ["slow"] and first.extension == ""
+    time.sleep(1.0)  # the abandoned lookups finish after the routing deadline
+    assert not routing.breaker_open(slow)
+    second = routing.resolve(tenant, CALLER, "", deadline_ms=200)
+    assert (second.extension, second.source) == ("101", "cache")
+
+
+def test_a_tenant_holds_a_bounded_share_of_the_lookup_threads(tenant, extensions, settings):
+    from tests.factories import ExtensionFactory, TenantFactory
+
+    settings.ROUTING_TENANT_THREADS = 2
+    fake_crm(tenant, "hanging", 1, {"extension": "101"}, delay=2)
+    decisions = [routing.resolve(tenant, f"+7916123456{n}", "", deadline_ms=150) for n in range(4)]
+    assert [d.detail.get("busy") for d in decisions] == [None, None, ["hanging"], ["hanging"]]
+
+    other = TenantFactory(slug="other")
+    ExtensionFactory(tenant=other, number="201")
+    fake_crm(other, "healthy", 1, {"extension": "201", "display_name": "Olga"})
+    started = time.monotonic()
+    decision = routing.resolve(other, CALLER, "", deadline_ms=800)
+    assert (decision.extension, decision.source) == ("201", "healthy")
+    assert time.monotonic() - started < 0.8
 
 
 def test_a_decision_made_before_the_call_existed_is_attached_to_it(tenant, pbx, extensions):

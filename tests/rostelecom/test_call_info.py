@@ -190,3 +190,45 @@ def test_call_info_result_as_string_zero_is_success(client, pbx, extensions):
         mock.add(responses.POST, f"{API}/call_info", body=json.dumps(answer))
         run_due()
     assert Call.objects.get().final_for_crm
+
+
+def _silent(client, pbx) -> Call:
+    """An answered call whose `end` never arrived, silent for an hour."""
+    from calls.models import CallEvent
+
+    post_all(client, pbx, [b for b in load("incoming_answered.json") if b.get("state") != "end"])
+    CallEvent.objects.update(received_at=timezone.now() - timezone.timedelta(hours=1))
+    return Call.objects.get()
+
+
+@responses.activate
+def test_a_call_whose_end_never_arrived_is_completed_from_call_info(client, pbx, extensions, crm):
+    from calls.reconcile import schedule_reconciliation
+
+    call = _silent(client, pbx)
+    assert not call.ended
+    responses.add(responses.POST, f"{API}/call_info", json=load("call_info_incoming_answered.json"))
+
+    assert schedule_reconciliation() == 1
+    run_due()
+
+    call.refresh_from_db()
+    assert call.ended and call.final_for_crm and call.result == "answered"
+    assert "reconciliation from call_info" in call.completion_note
+    [asked] = [c.request for c in responses.calls if c.request.url.endswith("/call_info")]
+    assert json.loads(asked.body)["session_id"] == call.provider_call_id
+    assert len(completion_jobs(crm)) == 1
+
+
+@responses.activate
+def test_a_call_call_info_does_not_know_is_closed_as_unknown(client, pbx, extensions, crm):
+    from calls.reconcile import schedule_reconciliation
+
+    call = _silent(client, pbx)
+    responses.add(responses.POST, f"{API}/call_info", json=load("call_info_not_found.json"))
+    schedule_reconciliation()
+    run_due()
+    call.refresh_from_db()
+    assert (call.ended, call.result) == (True, "unknown")
+    assert "session not found" in call.completion_note
+    assert len(completion_jobs(crm)) == 1

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from integrations import throttles, views
+from integrations import views
+from portal import fastcache
 from tests.factories import CrmConnectionFactory, ExtensionFactory, PbxConnectionFactory, TenantFactory
 from tests.mango import support as mango
 
@@ -25,7 +26,7 @@ def clock(monkeypatch, settings):
     settings.WEBHOOK_AUTH_FAILURE_THROTTLE = "3/min"
     now = [T0]
     monkeypatch.setattr(views, "_now", lambda: now[0])
-    monkeypatch.setattr(throttles, "_cache_down_until", 0.0)
+    fastcache.reset()
     return now
 
 
@@ -128,13 +129,12 @@ def test_a_pbx_gets_its_own_shape_too(client):
 
 
 def test_a_cache_outage_fails_open_and_quickly(client, wirecrm, settings):
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
-            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
-        }
+    unreachable = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
     }
+    settings.CACHES = {"default": unreachable, "request": unreachable}
     started = time.monotonic()
     statuses = [make_call(client, wirecrm, "wrong").status_code for _ in range(6)]
 

@@ -48,10 +48,6 @@ def _counters(url: str) -> tuple[int, int]:
     return stats["total_connections_received"], commands.get("cmdstat_set", {}).get("calls", 0)
 
 
-@pytest.mark.xfail(
-    reason="the memoised /readyz (issue 14) has not landed on main yet; remove this marker when it does",
-    strict=True,
-)
 def test_a_flood_of_readyz_costs_at_most_one_check_per_second(flood_redis, tmp_path):
     broker, cache = f"redis://127.0.0.1:{flood_redis.port}/0", f"redis://127.0.0.1:{flood_redis.port}/1"
     connections_before, sets_before = _counters(broker)

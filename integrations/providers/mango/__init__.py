@@ -232,8 +232,7 @@ class MangoProvider(MangoWebhooks, MangoApi, MangoReconciliation, MangoSimulatio
     def _perform_grace(self, job: OutboundJob) -> str:
         """No recording outcome within the grace period: say so with a recording_ready event, which makes the
         call final (is_final needs a recording verdict) without claiming a recording exists."""
-        from calls.events import NormalisedEvent
-        from calls.processor import ingest
+        from calls import outbox
 
         call = job.call
         if call is None:
@@ -242,6 +241,14 @@ class MangoProvider(MangoWebhooks, MangoApi, MangoReconciliation, MangoSimulatio
         if call.final_for_crm:
             return "already final"
         now = timezone.now()
+        with outbox.on_behalf_of(job):
+            self._ingest_grace(job, call, now)
+        return "no recording outcome within the grace period: final"
+
+    def _ingest_grace(self, job: OutboundJob, call: Call, now: dt.datetime) -> None:
+        from calls.events import NormalisedEvent
+        from calls.processor import ingest
+
         ingest(
             self.connection,
             [
@@ -256,4 +263,3 @@ class MangoProvider(MangoWebhooks, MangoApi, MangoReconciliation, MangoSimulatio
                 )
             ],
         )
-        return "no recording outcome within the grace period: final"

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings as django_settings
 from django.core.cache import cache
+from django.utils import timezone
 
-from integrations.providers.base import JobSpec, ProviderError
+from integrations.providers.base import JobSpec, ProviderError, ReconcileResult
 from integrations.providers.mango.wire import (
     RATE_WINDOW_SECONDS,
     _int,
@@ -24,11 +25,12 @@ from integrations.providers.mango.wire import (
 
 if TYPE_CHECKING:
     from calls.events import NormalisedEvent
-    from calls.models import OutboundJob
+    from calls.models import Call, OutboundJob
 
 
 # Reconciliation: leave the last minutes to the webhooks still in flight; poll the export a few times.
 RECONCILE_SETTLE = dt.timedelta(minutes=5)
+MANGO_KEEPS_DAYS = 14  # how far back Mango's statistics go
 STATS_POLL_WAITS = (5.0, 5.0)
 STATS_KEY_SECONDS = 600
 STATS_FIELDS = (
@@ -52,22 +54,64 @@ class MangoReconciliation:
     """The periodic reconciliation job of MangoProvider."""
 
     def periodic_jobs(self, now: dt.datetime) -> list[JobSpec]:
+        """Every hour: the statistics since the last successful run (at least `reconcile_hours`, at most the
+        14 days Mango keeps), so a portal that was down for days catches up on every call it missed."""
         hours = int(self.settings.get("reconcile_hours") or 0)
         if hours <= 0:
             return []
         bucket = now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-        until = bucket - RECONCILE_SETTLE
+        until = int((bucket - RECONCILE_SETTLE).timestamp())
+        since = until - hours * 3600
+        last = self._last_reconciled_until()
+        if last is not None:
+            since = min(since, last)
+        since = max(since, until - MANGO_KEEPS_DAYS * 86400)
         return [
-            JobSpec(
-                "mango.reconcile",
-                f"reconcile:{bucket:%Y%m%d%H}",
-                {"date_from": int(until.timestamp()) - hours * 3600, "date_to": int(until.timestamp())},
-            )
+            JobSpec("mango.reconcile", f"reconcile:{bucket:%Y%m%d%H}", {"date_from": since, "date_to": until})
         ]
+
+    def _last_reconciled_until(self) -> int | None:
+        """`date_to` of this connection's last reconciliation that succeeded; None before the first one."""
+        from calls import outbox
+        from calls.models import OutboundJob
+
+        payload = (
+            OutboundJob.objects.filter(
+                connection_ref=outbox.connection_ref(self.connection),
+                kind="mango.reconcile",
+                status=OutboundJob.SENT,
+            )
+            .order_by("-payload__date_to", "-id")
+            .values_list("payload", flat=True)
+            .first()
+        )
+        value = _int((payload or {}).get("date_to")) if isinstance(payload, dict) else None
+        return value or None
+
+    def reconcile(self, call: Call) -> ReconcileResult:
+        """A call with no summary: looked up in the statistics from an hour before it began until now. Rows
+        with a finish time complete it; rows without one mean it is still going on; no row means Mango does
+        not know it (or not yet: a real summary arriving later still corrects the call)."""
+        now = int(timezone.now().timestamp())
+        began = int(call.started_at.timestamp()) if call.started_at else now - MANGO_KEEPS_DAYS * 86400
+        began = max(began - 3600, now - MANGO_KEEPS_DAYS * 86400)
+        text = self._statistics_between(began, now, f"call-{call.pk}")
+        rows = _group_rows(text).get(call.provider_call_id)
+        if not rows:
+            return ReconcileResult(
+                "unknown",
+                note="closed as unknown: Mango's statistics have no such call and no summary arrived",
+            )
+        events = self._events_from_statistics(call.provider_call_id, rows, self._offset(None))
+        if not events:
+            return ReconcileResult("live", note="Mango's statistics show the call still in progress")
+        note = "completed by reconciliation from Mango statistics: no summary webhook arrived"
+        return ReconcileResult("completed", tuple(events), note=note)
 
     def _perform_reconcile(self, job: OutboundJob) -> str:
         """Basic statistics for the last `reconcile_hours` (stats/request, then stats/result polled); calls no
         webhook completed are ingested from them, so an outage of the portal loses no calls."""
+        from calls import outbox
         from calls.models import Call
         from calls.processor import ingest
 
@@ -84,13 +128,19 @@ class MangoReconciliation:
                 continue
             events = self._events_from_statistics(entry_id, rows, offset)
             if events:
-                ingest(self.connection, events)
+                with outbox.on_behalf_of(job):
+                    ingest(self.connection, events)
                 ingested += 1
         return f"{len(calls)} calls in the statistics, {ingested} completed from them"
 
     def _statistics(self, job: OutboundJob) -> str:
+        return self._statistics_between(
+            int(job.payload["date_from"]), int(job.payload["date_to"]), str(job.pk)
+        )
+
+    def _statistics_between(self, date_from: int, date_to: int, tag: str) -> str:
         """The CSV export. Its key survives a retry (the data stays at least a minute after it is ready)."""
-        memory = f"mango:stats-key:{job.pk}"
+        memory = f"mango:stats-key:{tag}"
         key = cache.get(memory)
         if key:
             waits: tuple[float, ...] = (0.0, *STATS_POLL_WAITS[1:])
@@ -101,10 +151,10 @@ class MangoReconciliation:
                 )
             shift = self._offset(None)
             payload = {
-                "date_from": int(job.payload["date_from"]) - shift,
-                "date_to": int(job.payload["date_to"]) - shift,
+                "date_from": date_from - shift,
+                "date_to": date_to - shift,
                 "fields": ",".join(STATS_FIELDS),
-                "request_id": f"reconcile-{job.pk}",
+                "request_id": f"reconcile-{tag}",
             }
             key = _text(self._command("stats/request", payload).get("key"))
             if not key:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
-from integrations.providers.base import ProviderError
+from integrations.providers.base import ProviderError, ReconcileResult
+from integrations.providers.rostelecom.api import RostelecomError
 from integrations.providers.rostelecom.wire import RANK_CALL_INFO, RANKS, as_int, is_true, order_key, pin_of
 
 if TYPE_CHECKING:
@@ -77,6 +79,7 @@ class RostelecomCallInfo:
     def perform(self, job: OutboundJob) -> str:
         if job.kind != CALL_INFO:
             raise ProviderError(f"rostelecom has no job kind {job.kind!r}", permanent=True)
+        from calls import outbox
         from calls.processor import ingest
 
         call = job.call
@@ -90,10 +93,12 @@ class RostelecomCallInfo:
                 raise ProviderError("Rostelecom call_info: the answer has no info")
         except Exception as exc:
             if self._is_last_attempt(job, exc):
-                ingest(self.connection, [self.completed_without_call_info(call, exc)])
+                with outbox.on_behalf_of(job):
+                    ingest(self.connection, [self.completed_without_call_info(call, exc)])
             raise
         events = self.call_info_events(call, info, answer)
-        ingest(self.connection, events)
+        with outbox.on_behalf_of(job):  # fenced: a worker that lost its lease writes nothing
+            ingest(self.connection, events)
         completed = events[-1]
         return (
             f"call_info: {completed.outcome or 'outcome unknown'}, duration {completed.duration_seconds}, "
@@ -116,14 +121,38 @@ class RostelecomCallInfo:
     def _end_moment(self, call: Call) -> dt.datetime:
         return call.ended_at or timezone.now()
 
+    def reconcile(self, call: Call) -> ReconcileResult:
+        """A call whose `end` never came: call_info completes it. A refusal (the PBX does not know the session)
+        closes it as unknown; details without an outcome yet (neither `state` nor `duration`, our reading of a
+        call still in progress) mean "ask again later". Transport errors raise: the outbox retries."""
+        from calls.services import stored_events
+
+        try:
+            answer = self.post("call_info", {"session_id": call.provider_call_id})
+        except RostelecomError as exc:
+            return ReconcileResult("unknown", note=f"closed as unknown: Rostelecom call_info refused ({exc})")
+        info = answer.get("info")
+        if not isinstance(info, dict) or not info:
+            return ReconcileResult("unknown", note="closed as unknown: Rostelecom call_info has no such call")
+        duration = as_int(info.get("duration"))
+        if as_int(info.get("state")) is None and duration is None:
+            return ReconcileResult("live", note="call_info has no outcome yet")
+        # No `end` time: the last event, or the answer plus the talk time call_info reports.
+        last = max((e.timestamp for e in stored_events(call)), default=call.started_at or timezone.now())
+        ended = call.answered_at + dt.timedelta(seconds=duration) if call.answered_at and duration else last
+        events = self.call_info_events(call, info, answer, ended=max(ended, last))
+        note = "completed by reconciliation from call_info: no end event arrived"
+        events[-1] = replace(events[-1], raw={**answer, "_note": note})
+        return ReconcileResult("completed", tuple(events), note=note)
+
     def call_info_events(
-        self, call: Call, info: dict[str, Any], answer: dict[str, Any]
+        self, call: Call, info: dict[str, Any], answer: dict[str, Any], ended: dt.datetime | None = None
     ) -> list[NormalisedEvent]:
         """The completed event carrying call_info's outcome (and an `answered` when the events lost it)."""
         from calls.events import NormalisedEvent
 
         sid = call.provider_call_id
-        ended = self._end_moment(call)
+        ended = ended or self._end_moment(call)
         direction = CALL_INFO_DIRECTIONS.get(as_int(info.get("direction")) or 0, "")
         state = as_int(info.get("state"))
         duration = as_int(info.get("duration"))
