@@ -25,6 +25,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from calls import exports, outbox, processor, recordings, services
@@ -563,13 +564,13 @@ class OutboundJobAdmin(TenantScopedAdminMixin, admin.ModelAdmin):
     readonly_fields = ("call_link", "last_response_hidden", "delivery_state")
     inlines = [JobAttemptInline]
 
-    @admin.display(description="Status", ordering="status")
+    @admin.display(description=_("Status"), ordering="status")
     def delivery_state(self, obj: OutboundJob) -> str:
         """A pending job of an inactive connection is held: it goes out on reactivation (inside its window)."""
         connection = obj.crm_connection if obj.crm_connection_id else obj.pbx_connection
         if obj.status == OutboundJob.PENDING and connection is not None and not connection.active:
-            return "held (connection inactive)"
-        return obj.status
+            return gettext("held (connection inactive)")
+        return obj.get_status_display()
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if hides_private_answers(request, obj):
