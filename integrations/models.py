@@ -42,34 +42,34 @@ def validate_time_zone(value: str) -> None:
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValidationError(f"Unknown time zone {value!r}.") from None
+        raise ValidationError(_("Unknown time zone %(value)s.") % {"value": repr(value)}) from None
 
 
 def validate_region(value: str) -> None:
     import phonenumbers
 
     if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
-        raise ValidationError(f"Unknown phone region {value!r}.")
+        raise ValidationError(_("Unknown phone region %(value)s.") % {"value": repr(value)})
 
 
 def validate_regions(value: Any) -> None:
     import phonenumbers
 
     if not isinstance(value, list) or not all(isinstance(code, str) for code in value):
-        raise ValidationError('A list of region codes such as ["RU", "KZ"] is expected.')
+        raise ValidationError(_('A list of region codes such as ["RU", "KZ"] is expected.'))
     unknown = [code for code in value if code.upper() not in phonenumbers.SUPPORTED_REGIONS]
     if unknown:
-        raise ValidationError(f"Unknown phone region(s): {', '.join(unknown)}.")
+        raise ValidationError(_("Unknown phone region(s): %(codes)s.") % {"codes": ", ".join(unknown)})
 
 
 def validate_networks(value: Any) -> None:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ValidationError('A list of CIDRs such as ["10.20.0.0/16"] is expected.')
+        raise ValidationError(_('A list of CIDRs such as ["10.20.0.0/16"] is expected.'))
     for item in value:
         try:
             ipaddress.ip_network(item.strip(), strict=False)
         except ValueError:
-            raise ValidationError(f"Not a network: {item!r}.") from None
+            raise ValidationError(_("Not a network: %(value)s.") % {"value": repr(item)}) from None
 
 
 class TenantQuerySet(models.QuerySet):
@@ -335,7 +335,7 @@ class PbxConnection(Connection):
         if self.active and self.tenant_id:
             others = PbxConnection.objects.filter(tenant_id=self.tenant_id, active=True).exclude(pk=self.pk)
             if others.exists():
-                raise ValidationError({"active": "This tenant already has an active PBX connection."})
+                raise ValidationError({"active": _("This tenant already has an active PBX connection.")})
 
 
 class CrmConnection(Connection):
@@ -434,9 +434,9 @@ class ExtensionMapping(models.Model):
             and self.crm_connection_id
             and self.extension.tenant_id != self.crm_connection.tenant_id
         ):
-            raise ValidationError("The extension and the CRM connection belong to different tenants.")
+            raise ValidationError(_("The extension and the CRM connection belong to different tenants."))
         if self.extension_id and self.extension.kind == Extension.GROUP:
-            raise ValidationError("A group is not an employee: it cannot be mapped to a CRM user.")
+            raise ValidationError(_("A group is not an employee: it cannot be mapped to a CRM user."))
 
 
 class ExternalPhone(models.Model):

@@ -125,7 +125,7 @@ class Field:
     minimum: int | None = None
     maximum: int | None = None
     issued: bool = False
-    help: str = ""
+    help: Any = ""  # a string, or a lazily translated one
 
     def clean(self, value: Any) -> Any:
         if value is None or value == "":
@@ -616,7 +616,7 @@ class CrmProvider(Provider):
 
     # Admin actions the provider offers on its connections: name → (description, dotted path of a function
     # taking the connection and returning a one-line report for the admin message).
-    admin_operations: ClassVar[dict[str, tuple[str, str]]] = {}
+    admin_operations: ClassVar[dict[str, tuple[Any, str]]] = {}
 
     # Content types this CRM's player accepts for recording links ("" = any); a simulated PBX that can produce
     # several formats picks one every active CRM of the tenant plays.

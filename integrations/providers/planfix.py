@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from django.utils.translation import gettext
+from django.utils.translation import gettext, gettext_lazy
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -135,9 +135,13 @@ class PlanfixProvider(CrmProvider):
     auth_failure_status = 401
     settings_fields = (
         Field(
-            "api_url", "url", help="Planfix address for PBX requests, e.g. https://acme.planfix.ru/tel/api"
+            "api_url",
+            "url",
+            help=gettext_lazy("Planfix address for PBX requests, e.g. https://acme.planfix.ru/tel/api"),
         ),
-        Field("analytics", "map", default={}, help="Planfix field → call attribute or fixed text"),
+        Field(
+            "analytics", "map", default={}, help=gettext_lazy("Planfix field → call attribute or fixed text")
+        ),
     )
     secret_fields = (Field("planfix_token", "secret"), Field("pbx_token", "secret", issued=True))
     inbound_paths = ("",)

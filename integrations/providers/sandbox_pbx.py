@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
+from django.utils.translation import gettext_lazy
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
@@ -86,7 +87,7 @@ class SandboxPbxProvider(PbxProvider):
             "users",
             "map",
             default=dict(farend.DEFAULT_USERS),
-            help="The simulated PBX's directory: extension → name.",
+            help=gettext_lazy("The simulated PBX's directory: extension → name."),
         ),
         Field("recording_format", "choice", default="auto", choices=("auto", "wav", "mp3")),
         Field("routing_budget_ms", "int", default=800, minimum=100, maximum=10000),

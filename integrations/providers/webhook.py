@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from django.utils import timezone
+from django.utils.translation import gettext_lazy
 
 from api.serializers import call_data
 from calls.models import Call, OutboundJob, Recording
@@ -106,7 +107,7 @@ class WebhookProvider(CrmProvider):
             "events",
             "choices",
             choices=EVENT_TYPES,
-            help="The event types to send; all of them when left out.",
+            help=gettext_lazy("The event types to send; all of them when left out."),
         ),
     )
     secret_fields = (Field("url", "url", required=True), Field("signing_secret", "secret", issued=True))

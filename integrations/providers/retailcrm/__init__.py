@@ -23,9 +23,9 @@ operations.py (admin services); this module holds the adapter's configuration, r
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from django.utils.translation import gettext
+from django.utils.translation import gettext, gettext_lazy
 
 from integrations.http import OutboundError
 from integrations.providers.base import (
@@ -73,17 +73,17 @@ class RetailCrmProvider(RetailCrmWebhooks, RetailCrmMessages, RetailCrmRegistrat
         SYNC: JobKind(window=dt.timedelta(hours=24), ordered=False),
     }
 
-    admin_operations: ClassVar[dict[str, tuple[str, str]]] = {
+    admin_operations: ClassVar[dict[str, tuple[Any, str]]] = {
         "register": (
-            "Register the telephony module now",
+            gettext_lazy("Register the telephony module now"),
             "integrations.providers.retailcrm.operations.register_module_report",
         ),
         "read_back": (
-            "Import mappings edited in RetailCRM",
+            gettext_lazy("Import mappings edited in RetailCRM"),
             "integrations.providers.retailcrm.operations.read_module_back_report",
         ),
         "propose": (
-            "Propose mappings by e-mail",
+            gettext_lazy("Propose mappings by e-mail"),
             "integrations.providers.retailcrm.operations.propose_mappings_report",
         ),
     }
