@@ -238,8 +238,7 @@ def claimable(now: dt.datetime) -> QuerySet[OutboundJob]:
         ordered=True,
     )
     return (
-        OutboundJob.objects.filter(status=OutboundJob.PENDING, next_attempt_at__lte=now)
-        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        OutboundJob.objects.filter(_lease_filter(now), next_attempt_at__lte=now)
         .exclude(paused())
         .filter(Q(ordered=False) | Q(call__isnull=True) | ~Exists(earlier_open))
         .order_by("next_attempt_at", "id")
@@ -608,17 +607,13 @@ def record_result(
 ) -> None:
     """Write the attempt to the ledger and its verdict to the job, only while the claim holds the job's lease;
     otherwise the attempt is logged as `fenced` and the job is left as the lease's new holder has it."""
+    if not isinstance(result, Exception):
+        record_sent([(job, result)], started_at, duration_ms, batch_size)
+        return
     now = timezone.now()
-    sent = not isinstance(result, Exception)
-    if sent:
-        message, status, permanent, retry_after, flag, body = "", 200, False, None, False, str(result or "")
-        body = body[:2000]
-    else:
-        message, status, permanent, retry_after, flag, body = _describe(result)  # type: ignore[arg-type]
+    message, status, permanent, retry_after, flag, body = _describe(result)
     attempts = job.attempts + 1
-    if sent:
-        new_status, next_at = OutboundJob.SENT, job.next_attempt_at
-    elif permanent:
+    if permanent:
         new_status, next_at = OutboundJob.FAILED, job.next_attempt_at
     else:
         next_at = now + next_delay(attempts, retry_after)
@@ -635,26 +630,19 @@ def record_result(
         "lease_owner": "",
         "lease_expires_at": None,
     }
-    if sent:
-        changes["sent_at"] = now
     with transaction.atomic():
         updated = OutboundJob.objects.filter(_held(job.lease_owner, now), pk=job.pk).update(**changes)
-        outcome = (
-            JobAttempt.FENCED
-            if not updated
-            else JobAttempt.SENT
-            if sent
-            else JobAttempt.PERMANENT
-            if permanent
-            else JobAttempt.TRANSIENT
-        )
+        if not updated:
+            outcome = JobAttempt.FENCED
+        else:
+            outcome = JobAttempt.PERMANENT if permanent else JobAttempt.TRANSIENT
         JobAttempt.objects.create(
             job=job,
             started_at=started_at,
             duration_ms=duration_ms,
             outcome=outcome,
             status_code=status,
-            error=message if not updated or not sent else "",
+            error=message,
             response=body,
             batch_size=batch_size,
         )
@@ -665,10 +653,8 @@ def record_result(
             job.kind,
             job.connection_ref,
             job.lease_owner or "-",
-            "sent" if sent else "failed",
+            "failed",
         )
-        return
-    if sent:
         return
     if not hasattr(result, "permanent"):
         logger.exception("job %s (%s) crashed", job.pk, job.kind, exc_info=result)  # type: ignore[arg-type]
