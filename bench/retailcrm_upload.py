@@ -340,15 +340,28 @@ def drive_pipeline(crm: Any, fake: FakeRetailCrm, timeout: float) -> dict[str, A
             env,
         )
         pending = OutboundJob.objects.filter(crm_connection=crm, status=OutboundJob.PENDING)
+        # CPU per upload request, by process group, from the first request seen to the end of the drain.
+        first: tuple[dict[str, float], int] | None = None
         while pending.exists() and time.monotonic() - started < timeout:
-            time.sleep(0.5)
+            if first is None and fake.accepted:
+                first = (stack.cpu_seconds(processes.sessions()), fake.accepted)
+            time.sleep(0.05 if first is None else 0.5)
+        last = (stack.cpu_seconds(processes.sessions()), fake.accepted)
     finally:
         processes.stop_all()
         db_connection.close()
     statuses = dict(
         OutboundJob.objects.filter(crm_connection=crm).values_list("status").annotate(n=models.Count("id"))
     )
-    return {"statuses": statuses, "wall_seconds": round(time.monotonic() - started, 1)}
+    cpu: dict[str, float] = {}
+    if first is not None and last[1] > first[1]:
+        requests = last[1] - first[1]
+        cpu = {name: round(1000 * (used - first[0][name]) / requests, 1) for name, used in last[0].items()}
+    return {
+        "statuses": statuses,
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "cpu_ms_per_upload_request": cpu,
+    }
 
 
 def duplicate_check(crm: Any) -> tuple[int, int]:
@@ -393,9 +406,14 @@ def main() -> int:
         print(f"Preparing {args.calls} completed calls and their upload jobs…", flush=True)
         crm = setup_world(url, args.calls)
         print(f"Uploading through {args.workers} workers to the fake RetailCRM at {url}…", flush=True)
+        before = stack.cpu_seconds({}) if PIPELINE else {}
         state = drive(crm, args.workers)
         adapter_only = {
             "calls_per_second_first_to_last_request": round(fake.rate_seen(), 1),
+            "cpu_ms_per_upload_request": {  # the adapter's threads and the fake share this process
+                name: round(1000 * (used - before[name]) / max(fake.accepted, 1), 1)
+                for name, used in (stack.cpu_seconds({}) if PIPELINE else {}).items()
+            },
             "responses_503": fake.rejected_503,
             "duplicates_reported": fake.duplicates_reported,
         }

@@ -102,6 +102,10 @@ class Processes:
         self.running[name] = process
         return process
 
+    def sessions(self) -> dict[str, int]:
+        """Name → session id of each running process (its PID: each starts a session of its own)."""
+        return {name: process.pid for name, process in self.running.items() if process.poll() is None}
+
     def log(self, name: str) -> str:
         return (self.directory / f"{name}.log").read_text(errors="replace")
 
@@ -135,6 +139,34 @@ def start_gunicorn(processes: Processes, env: dict[str, str], port: int, workers
             break
         time.sleep(0.2)
     raise RuntimeError(f"gunicorn did not start: {processes.log('gunicorn')[-3000:]}")
+
+
+def cpu_seconds(sessions: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system, seconds) used so far by each group: the processes of each named session
+    (`Processes.sessions()`, children included), every `postgres` process, every `redis-server`, and this
+    process. Two readings subtracted tell where a run's CPU went (a shared server's other work is counted too)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    by_session = {sid: name for name, sid in sessions.items()}
+    totals = dict.fromkeys([*sessions, "postgres", "redis", "this process"], 0.0)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        command = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        session, used = int(fields[3]), (int(fields[11]) + int(fields[12])) / tick
+        if session in by_session:
+            totals[by_session[session]] += used
+        elif command.startswith("postgres"):
+            totals["postgres"] += used
+        elif command.startswith("redis-server"):
+            totals["redis"] += used
+        elif int(entry) == os.getpid():
+            totals["this process"] += used
+    return totals
 
 
 def run_directory(prefix: str) -> Path:

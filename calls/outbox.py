@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import random
 import time
@@ -30,14 +31,14 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection as db_connection
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from calls.models import Call, JobAttempt, OutboundJob
 from integrations import http
 from integrations.models import CrmConnection, PbxConnection
-from integrations.providers.base import JobKind, JobSpec, get_provider, provider_class
+from integrations.providers.base import REGISTRY, JobKind, JobSpec, get_provider, provider_class
 
 logger = logging.getLogger("callbridge.outbox")
 
@@ -227,6 +228,15 @@ def paused() -> Q:
     return Q(crm_connection__active=False) | Q(pbx_connection__active=False)
 
 
+@functools.cache
+def largest_batch() -> int:
+    """The most jobs any provider's kind claims together (RetailCRM uploads): how many candidates a pass needs
+    per free claim."""
+    return max(
+        (kind.batch_size for key in REGISTRY for kind in provider_class(key).job_kinds.values()), default=1
+    )
+
+
 def claimable(now: dt.datetime) -> QuerySet[OutboundJob]:
     """Due, pending, not leased, not held by an inactive connection, and (for ordered kinds) no earlier open job
     of the same call and connection."""
@@ -390,7 +400,7 @@ def relay(publish: Callable[[str, list[int]], Any], expire: bool = True) -> int:
         mark_backlog(True)
         return 0
     sent = 0
-    claims = claim_due(min(CLAIM_LIMIT * 25, free * 50), now, max_claims=free)
+    claims = claim_due(min(CLAIM_LIMIT * 25, free * largest_batch()), now, max_claims=free)
     # Capacity used up (or more due than one pass fetches): finished tasks should refill at once.
     mark_backlog(len(claims) >= free or sum(len(c.job_ids) for c in claims) >= CLAIM_LIMIT * 25)
     for index, claimed in enumerate(claims):
@@ -551,19 +561,19 @@ def run_claim(owner: str, job_ids: Sequence[int]) -> bool:
 def record_sent(
     sent: Sequence[tuple[OutboundJob, Any]], started_at: dt.datetime, duration_ms: int, batch_size: int
 ) -> None:
-    """The jobs of one claim the CRM accepted, recorded together: one INSERT of their attempts and one UPDATE
-    per distinct answer (a batch of 50 uploads is 2 statements, not 100). Only the jobs the claim still holds
-    (its lease_owner, unexpired) are marked sent; the attempts of the others are logged as `fenced`."""
+    """The jobs of one claim the CRM accepted, recorded together: one UPDATE per distinct answer, which marks
+    sent only the jobs the claim still holds (its lease_owner, unexpired) and returns them, and one INSERT of
+    their attempts (a batch of uploads is 2 statements, not one per job). The attempts of jobs the claim no
+    longer holds are logged as `fenced`."""
     if not sent:
         return
     now = timezone.now()
     owner = sent[0][0].lease_owner
+    by_answer: dict[str, list[int]] = {}
+    for job, result in sent:
+        by_answer.setdefault(str(result or "")[:2000], []).append(job.pk)
     with transaction.atomic():
-        held = set(
-            OutboundJob.objects.select_for_update()
-            .filter(_held(owner, now), pk__in=[job.pk for job, _ in sent])
-            .values_list("pk", flat=True)
-        )
+        held = {pk for answer, pks in by_answer.items() for pk in _mark_sent(pks, owner, now, answer)}
         JobAttempt.objects.bulk_create(
             [
                 JobAttempt(
@@ -578,21 +588,6 @@ def record_sent(
                 for job, result in sent
             ]
         )
-        by_answer: dict[str, list[int]] = {}
-        for job, result in sent:
-            if job.pk in held:
-                by_answer.setdefault(str(result or "")[:2000], []).append(job.pk)
-        for answer, pks in by_answer.items():
-            OutboundJob.objects.filter(pk__in=pks, lease_owner=owner).update(
-                status=OutboundJob.SENT,
-                attempts=F("attempts") + 1,
-                sent_at=now,
-                last_response=answer,
-                last_status=200,
-                last_error="",
-                lease_owner="",
-                lease_expires_at=None,
-            )
     fenced = [job.pk for job, _ in sent if job.pk not in held]
     if fenced:
         logger.warning(
@@ -600,6 +595,26 @@ def record_sent(
             fenced,
             owner,
         )
+
+
+def _mark_sent(pks: Sequence[int], owner: str, now: dt.datetime, answer: str) -> list[int]:
+    """Mark sent those of `pks` the claim `owner` still holds (`_held`); their ids. One UPDATE … RETURNING
+    (PostgreSQL, SQLite ≥ 3.35), so the claim's rows are not read and locked first. Rows found by primary key
+    only, as in claim()."""
+    if not owner:
+        return []
+    ops = db_connection.ops
+    sql = (
+        f"UPDATE {OutboundJob._meta.db_table} SET status = %s, attempts = attempts + 1, sent_at = %s, "  # noqa: S608 - our table name; values are parameters
+        "last_response = %s, last_status = 200, last_error = '', lease_owner = '', lease_expires_at = NULL "
+        f"WHERE id IN ({', '.join(['%s'] * len(pks))}) AND lease_owner = %s AND lease_expires_at > %s "
+        "AND (status || '') = %s RETURNING id"
+    )
+    stamp = ops.adapt_datetimefield_value(now)
+    params = [OutboundJob.SENT, stamp, answer, *pks, owner, stamp, OutboundJob.PENDING]
+    with db_connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()]
 
 
 def record_result(

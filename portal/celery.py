@@ -23,4 +23,14 @@ def _connect_logging() -> None:
     signals.task_postrun.connect(logs.on_task_postrun, weak=False)
 
 
+def _close_old_connections(**_: object) -> None:
+    from django.db import close_old_connections
+
+    close_old_connections()
+
+
+# What Django does around a request, around a task: drop a connection past CONN_MAX_AGE or one that failed, and
+# check a reused one's health first (CELERY_DB_REUSE_MAX in portal/settings.py).
+signals.task_prerun.connect(_close_old_connections, weak=False)
+signals.task_postrun.connect(_close_old_connections, weak=False)
 _connect_logging()

@@ -72,6 +72,34 @@ def test_a_result_within_the_lease_is_recorded(pbx, crm, extensions):
     assert JobAttempt.objects.get(job=job).outcome == JobAttempt.SENT
 
 
+def test_a_claim_records_its_sent_jobs_and_fences_the_one_another_claim_took(pbx, crm, extensions):
+    jobs = []
+    for n in range(3):
+        ingest(pbx, [to_event({**e, "call": f"c{n}"}) for e in MISSED_CALL])
+        jobs.append(
+            OutboundJob.objects.get(crm_connection=crm, kind="fake.final", call__provider_call_id=f"c{n}")
+        )
+    now = timezone.now()
+    assert outbox.claim([j.pk for j in jobs], "batch-worker", now - dt.timedelta(hours=1)) == [
+        j.pk for j in jobs
+    ]
+    assert outbox.claim([jobs[2].pk], "other-worker", now) == [jobs[2].pk]  # the batch's lease had run out
+    OutboundJob.objects.filter(pk__in=[jobs[0].pk, jobs[1].pk]).update(
+        lease_expires_at=now + dt.timedelta(minutes=1)
+    )
+    mine = list(OutboundJob.objects.filter(pk__in=[j.pk for j in jobs]).order_by("pk"))
+    for job in mine:
+        job.lease_owner = "batch-worker"
+
+    outbox.record_sent([(job, "accepted") for job in mine], now, 40, 3)
+
+    sent = OutboundJob.objects.filter(status=OutboundJob.SENT, last_response="accepted", attempts=1)
+    assert set(sent.values_list("pk", flat=True)) == {jobs[0].pk, jobs[1].pk}
+    assert OutboundJob.objects.get(pk=jobs[2].pk).lease_owner == "other-worker"
+    outcomes = dict(JobAttempt.objects.values_list("job_id", "outcome"))
+    assert outcomes == {jobs[0].pk: "sent", jobs[1].pk: "sent", jobs[2].pk: "fenced"}
+
+
 @responses.activate
 def test_a_stale_message_whose_lease_expired_sends_nothing(pbx, crm, extensions):
     job = leased(completion_job(pbx, crm), "old-claim", timezone.now() - dt.timedelta(hours=1))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import Counter
 
 import pytest
 import responses
 from django.utils import timezone
 
-from calls.models import OutboundJob, Recording
+from calls.models import JobAttempt, OutboundJob, Recording
 from calls.services import resend_to_crm
 from integrations.providers.base import Notice
 from tests.retailcrm.conftest import (
@@ -131,7 +132,41 @@ def test_a_backlog_of_120_calls_goes_in_requests_of_50_50_and_20(world):
     uploaded = [item["externalId"] for i in range(3) for item in uploaded_calls(i)]
     assert sorted(uploaded) == sorted(c.provider_call_id for c in calls)  # each once
     assert OutboundJob.objects.filter(kind="retailcrm.upload", status=OutboundJob.SENT).count() == 120
-    assert {a.batch_size for j in OutboundJob.objects.all() for a in j.attempt_log.all()} == {50, 20}
+    # One claim (a task) carried all 120: a claim holds up to 200 uploads, sent as requests of at most 50.
+    assert {a.batch_size for j in OutboundJob.objects.all() for a in j.attempt_log.all()} == {120}
+
+
+@responses.activate
+def test_a_backlog_of_450_calls_is_claimed_200_200_50_and_sent_50_a_request(world):
+    calls = [completed_call(world.pbx, f"pbx-{n:03d}") for n in range(450)]
+    upload_jobs(world.crm, calls)
+    responses.add_callback(responses.POST, UPLOAD_URL, callback=accept_all)
+
+    run_due()
+
+    assert [len(uploaded_calls(i)) for i in range(len(responses.calls))] == [50] * 9
+    claim_sizes = Counter(JobAttempt.objects.values_list("batch_size", flat=True))  # of each job's attempt
+    assert claim_sizes == {200: 400, 50: 50}
+    assert OutboundJob.objects.filter(status=OutboundJob.SENT).count() == 450
+
+
+@responses.activate
+def test_after_a_request_fails_for_the_crm_the_claims_next_requests_are_not_sent(world):
+    """The first request goes through, the second meets a 503: the third would fail alike, so its calls wait
+    for the retry with the second's, and the first's stay sent."""
+    calls = [completed_call(world.pbx, f"pbx-{n:03d}") for n in range(120)]
+    upload_jobs(world.crm, calls)
+    responses.add_callback(responses.POST, UPLOAD_URL, callback=accept_all)
+    responses.add(responses.POST, UPLOAD_URL, status=503, json={"success": False, "errorMsg": "Busy"})
+
+    run_due()
+
+    assert len(responses.calls) == 2
+    jobs = OutboundJob.objects.filter(kind="retailcrm.upload")
+    assert jobs.filter(status=OutboundJob.SENT).count() == 50
+    waiting = jobs.filter(status=OutboundJob.PENDING)
+    assert waiting.count() == 70
+    assert all(job.attempts == 1 and "503" in job.last_error for job in waiting)
 
 
 @responses.activate

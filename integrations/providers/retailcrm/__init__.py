@@ -40,7 +40,7 @@ from integrations.providers.base import (
     RoutingQuery,
     secrets_equal,
 )
-from integrations.providers.retailcrm.api import UPLOAD_BATCH, RetailCrmClient, RetailCrmError, _person_name
+from integrations.providers.retailcrm.api import UPLOAD_CLAIM, RetailCrmClient, RetailCrmError, _person_name
 from integrations.providers.retailcrm.messages import EVENT, HANGUP, UPLOAD, RetailCrmMessages
 from integrations.providers.retailcrm.registration import SYNC, RetailCrmRegistration
 from integrations.providers.retailcrm.webhooks import RetailCrmWebhooks
@@ -69,7 +69,7 @@ class RetailCrmProvider(RetailCrmWebhooks, RetailCrmMessages, RetailCrmRegistrat
         # The end of a call is a completion message: it never expires.
         HANGUP: FINAL,
         # History uploads are independent of the call's other messages, so they do not queue behind them.
-        UPLOAD: JobKind(window=FINAL.window, batch_size=UPLOAD_BATCH, ordered=False),
+        UPLOAD: JobKind(window=FINAL.window, batch_size=UPLOAD_CLAIM, ordered=False),
         SYNC: JobKind(window=dt.timedelta(hours=24), ordered=False),
     }
 

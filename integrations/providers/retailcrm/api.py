@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 API = "/api/v5"
 UPLOAD_BATCH = 50  # seed 001: "up to 50 calls per request"
+# Upload jobs the relay claims for one task, sent as requests of UPLOAD_BATCH: a task's own cost (loading the
+# connection and its lookups, recording, the task itself) is shared by four requests instead of one (measured in
+# docs/performance.md, RetailCRM backlog through the pipeline).
+UPLOAD_CLAIM = 4 * UPLOAD_BATCH
 USERS_PAGE_SIZE = 100
 # (connect, read) seconds. A pop-up that arrives after the call is useless, so events get a short read timeout;
 # a 50-call upload may take the CRM a while.

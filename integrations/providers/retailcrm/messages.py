@@ -243,8 +243,16 @@ class RetailCrmMessages:
             items.setdefault(item["externalId"], item)
             carried.setdefault(item["externalId"], []).append(job.pk)
         client = self.client()
+        stop: Exception | None = None
         for chunk in _chunks(list(items.values()), UPLOAD_BATCH):
-            for external_id, outcome in self._upload(client, chunk).items():
+            if stop is None:
+                outcomes = self._upload(client, chunk)
+                # The CRM, the key or the rate limit failed a request, not one of its calls: the next requests
+                # would fail alike, so their calls get the same outcome and are retried later.
+                stop = next((o for o in outcomes.values() if _not_the_calls_fault(o)), None)
+            else:
+                outcomes = dict.fromkeys((item["externalId"] for item in chunk), stop)
+            for external_id, outcome in outcomes.items():
                 for pk in carried[external_id]:
                     results[pk] = outcome
         return results
@@ -302,14 +310,16 @@ class RetailCrmMessages:
         for position, item in enumerate(rest):
             outcome = self._upload(client, [item], split=False)[item["externalId"]]
             results[item["externalId"]] = outcome
-            if isinstance(outcome, Exception) and not (
-                isinstance(outcome, RetailCrmError) and outcome.validation
-            ):
+            if _not_the_calls_fault(outcome):
                 # The CRM or the key is the problem, not this call: the rest would fail alike; retry them later.
                 for later in rest[position + 1 :]:
                     results[later["externalId"]] = outcome
                 break
         return results
+
+
+def _not_the_calls_fault(outcome: str | Exception) -> bool:
+    return isinstance(outcome, Exception) and not (isinstance(outcome, RetailCrmError) and outcome.validation)
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
