@@ -132,10 +132,15 @@ def run_wrk(url: str, script: Path, data: Path, seconds: int, connections: int) 
 
 
 async def _send(reader: Any, writer: Any, path: str, body: bytes, sign: str) -> int:
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"X-Client-ID: {CLIENT_ID}\r\nX-Client-Sign: {sign}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
+    """POST a Rostelecom webhook as the PBX signs it; the answer's status."""
+    headers = {"Content-Type": "application/json", "X-Client-ID": CLIENT_ID, "X-Client-Sign": sign}
+    return await post(reader, writer, path, body, headers)
+
+
+async def post(reader: Any, writer: Any, path: str, body: bytes, headers: dict[str, str]) -> int:
+    """One POST on a kept-alive connection; reads the whole answer and returns its status."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{lines}Content-Length: {len(body)}\r\n\r\n"
     writer.write(head.encode() + body)
     await writer.drain()
     status_line = await reader.readline()

@@ -24,11 +24,10 @@ import argparse
 import asyncio
 import json
 import re
-import shutil
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -36,7 +35,7 @@ from urllib.parse import unquote_plus
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import stack
-from bench.http_ingest import CLIENT_ID, SIGN_KEY, TEMPLATE, _send
+from bench.http_ingest import CLIENT_ID, SIGN_KEY, TEMPLATE, post
 
 WORLD = """
 from integrations.models import CrmConnection, Extension, PbxConnection, Tenant
@@ -57,37 +56,7 @@ CrmConnection.objects.create(tenant=tenant, key="wirecrm", provider="wirecrm",
 print(pbx.public_id)
 """
 
-# Where the time goes, from the database's own timestamps: webhook stored → job written by the processor →
-# the job's attempt started in a Celery worker → attempt done (per kind, p50 / p95 in seconds).
-STAGES = """
-import json
-from django.db.models import Count
-from calls.models import CallEvent, JobAttempt, OutboundJob
 
-def pct(values, q):
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else None
-
-received = {e.call_id: e.received_at for e in CallEvent.objects.all()}
-stages = {}
-for attempt in JobAttempt.objects.select_related("job"):
-    job = attempt.job
-    if job.call_id not in received:
-        continue
-    row = stages.setdefault(job.kind, {"processed": [], "picked_up": [], "sent": []})
-    row["processed"].append((job.created_at - received[job.call_id]).total_seconds())
-    row["picked_up"].append((attempt.started_at - job.created_at).total_seconds())
-    row["sent"].append(attempt.duration_ms / 1000)
-print(json.dumps({
-    "events": dict(CallEvent.objects.values_list("status").annotate(n=Count("id"))),
-    "jobs": {f"{k}/{s}": n for k, s, n in OutboundJob.objects.values_list("kind", "status").annotate(n=Count("id"))},
-    "stages_p50_p95": {
-        kind: {name: [pct(v, 0.5), pct(v, 0.95)] for name, v in row.items()} for kind, row in stages.items()
-    },
-}))
-"""
-
-WORKER_OPTIONS: list[str] = []  # the production command: prefork, one process per core
 POPUPS = {"planfix": "INCOMING", "retailcrm": "call/event", "wirecrm": "NOTIFY_INTERNAL"}
 PHONE = re.compile(r"916(\d{7})")
 
@@ -100,18 +69,13 @@ class FakeCrm:
         self.popups: dict[tuple[str, int], float] = {}
         self.requests = 0
 
-    def handler(self) -> type[BaseHTTPRequestHandler]:
+    def handler(self) -> type[stack.JsonHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(stack.JsonHandler):
             def do_POST(self) -> None:
                 arrived = time.monotonic()
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.read_body()
                 text = self.path + " " + unquote_plus(body.decode("utf-8", errors="replace"))
                 crm = self.path.strip("/").split("/")[0]
                 marker = POPUPS.get(crm)
@@ -121,30 +85,28 @@ class FakeCrm:
                         fake.popups.setdefault((crm, int(number.group(1))), arrived)
                 with fake.lock:
                     fake.requests += 1
-                data = b'{"success": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.answer(200, {"success": True})
 
         return Handler
 
 
-def signed_new_call(number: int) -> tuple[str, bytes]:
+def signed_new_call(number: int) -> tuple[bytes, dict[str, str]]:
+    """Call n's Rostelecom `call_events` "new", signed as the PBX signs it: body and headers."""
     import hashlib
 
     body = json.dumps(
         {**TEMPLATE, "session_id": f"popup-{number}", "from_number": f"8916{number:07d}"},
         separators=(",", ":"),
     ).encode()
-    return hashlib.sha256(CLIENT_ID.encode() + body + SIGN_KEY.encode()).hexdigest(), body
+    sign = hashlib.sha256(CLIENT_ID.encode() + body + SIGN_KEY.encode()).hexdigest()
+    return body, {"Content-Type": "application/json", "X-Client-ID": CLIENT_ID, "X-Client-Sign": sign}
 
 
 async def play_calls(
-    port: int, path: str, calls: int, rate: float
+    port: int, request: Callable[[int], tuple[str, bytes, dict[str, str]]], calls: int, rate: float
 ) -> tuple[dict[int, float], dict[str, int]]:
-    """POST call n's "new" at start + n / rate; returns the scheduled moments (time.monotonic) and statuses."""
+    """POST call n's first webhook, `request(n)` → (path, body, headers), at start + n / rate; returns the
+    scheduled moments (time.monotonic) and the answers' statuses."""
     loop = asyncio.get_running_loop()
     offset = time.monotonic() - loop.time()
     start = loop.time() + 0.5
@@ -153,10 +115,10 @@ async def play_calls(
     statuses: dict[str, int] = {}
 
     async def one(number: int, at: float) -> None:
-        sign, body = signed_new_call(number)
+        path, body, headers = request(number)
         connection = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
         try:
-            status = await asyncio.wait_for(_send(*connection, path, body, sign), 5)
+            status = await asyncio.wait_for(post(*connection, path, body, headers), 5)
             idle.append(connection)
             statuses[str(status)] = statuses.get(str(status), 0) + 1
         except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
@@ -189,10 +151,7 @@ def main() -> int:
     args = parser.parse_args()
 
     fake = FakeCrm()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    crm_url = f"http://127.0.0.1:{server.server_address[1]}"
+    server, crm_url = stack.serve(fake.handler())
 
     run = stack.run_directory("popup")
     database = stack.fresh_database("callbridge_bench_popup")
@@ -204,24 +163,17 @@ def main() -> int:
     hook = f"/hooks/rostelecom/{public_id}/call_events"
 
     processes = stack.Processes(run)
-    port = stack.free_port()
     try:
-        stack.start_gunicorn(processes, env, port)
-        processes.start("inbox", ["manage.py", "process_inbox"], env)
-        processes.start(
-            "worker", ["-m", "celery", "-A", "portal", "worker", "-l", "warning", *WORKER_OPTIONS], env
-        )
-        processes.start(
-            "beat", ["-m", "celery", "-A", "portal", "beat", "-l", "warning", "-s", str(run / "beat")], env
-        )
-        time.sleep(5)  # the worker's pool and beat's first tick
+        port = stack.start_production(processes, env, run)
         print(f"Playing {args.calls} new calls at {args.rate}/s…", flush=True)
-        scheduled, statuses = asyncio.run(play_calls(port, hook, args.calls, args.rate))
+        scheduled, statuses = asyncio.run(
+            play_calls(port, lambda n: (hook, *signed_new_call(n)), args.calls, args.rate)
+        )
         deadline = time.monotonic() + args.wait
         expected = args.calls * len(POPUPS)
         while time.monotonic() < deadline and len(fake.popups) < expected:
             time.sleep(0.25)
-        stats = stack.run_python(env, STAGES)
+        stats = stack.run_python(env, stack.STAGES)
     finally:
         processes.stop_all()
         server.shutdown()
@@ -254,14 +206,7 @@ def main() -> int:
     }
     summary["database"] = json.loads(stats)
     summary["loadavg"] = stack.loadavg()
-    print(json.dumps(summary, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
-    if args.keep:
-        print(f"logs kept in {run}")
-    else:
-        shutil.rmtree(run, ignore_errors=True)
+    stack.report(summary, args.json, run, keep=args.keep)
     return 0 if missed == 0 and summary["all"]["p95_s"] <= 1.0 else 1
 
 

@@ -36,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -44,10 +43,10 @@ from urllib.parse import parse_qs
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import stack  # noqa: E402
+
 PIPELINE = "--pipeline" in sys.argv
 if PIPELINE:  # PostgreSQL and Redis, shared with the worker and beat processes this mode starts
-    from bench import stack
-
     _RUN_DIR = stack.run_directory("upload")
     os.environ.update(stack.environment(stack.fresh_database("callbridge_bench_upload"), _RUN_DIR))
 _OWN_VAR_DIR = "CALLBRIDGE_VAR_DIR" not in os.environ
@@ -134,25 +133,12 @@ class FakeRetailCrm:
             "duplicateCalls": duplicates,
         }
 
-    def handler(self) -> type[BaseHTTPRequestHandler]:
+    def handler(self) -> type[stack.JsonHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, like the real API behind its load balancer
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(stack.JsonHandler):  # keep-alive, like the real API behind its load balancer
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                body = self.read_body().decode()
                 if self.path != UPLOAD_PATH:
                     self.answer(404, {"success": False, "errorMsg": "Not found"})
                     return
@@ -398,10 +384,7 @@ def main() -> int:
     args = parser.parse_args()
 
     fake = FakeRetailCrm(args.rate)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
+    server, url = stack.serve(fake.handler())
     try:
         print(f"Preparing {args.calls} completed calls and their upload jobs…", flush=True)
         crm = setup_world(url, args.calls)

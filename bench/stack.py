@@ -7,13 +7,17 @@ Each process logs to a file in the run's directory (a pipe nobody reads would fi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -167,6 +171,101 @@ def cpu_seconds(sessions: dict[str, int]) -> dict[str, float]:
         elif int(entry) == os.getpid():
             totals["this process"] += used
     return totals
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A fake provider's request handler: keep-alive, quiet, JSON answers."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def read_body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def answer(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """A threaded HTTP server on a free loopback port, served from a daemon thread; it and its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def start_production(processes: Processes, env: dict[str, str], run: Path) -> int:
+    """The stack as docs/operations.md runs it: gunicorn as the README starts it (its port is returned), the
+    inbox processor, a Celery worker with the production defaults, and beat; then waits for the worker's pool
+    and beat's first tick."""
+    port = free_port()
+    start_gunicorn(processes, env, port)
+    processes.start("inbox", ["manage.py", "process_inbox"], env)
+    processes.start("worker", ["-m", "celery", "-A", "portal", "worker", "-l", "warning"], env)
+    processes.start(
+        "beat", ["-m", "celery", "-A", "portal", "beat", "-l", "warning", "-s", str(run / "beat")], env
+    )
+    time.sleep(5)
+    return port
+
+
+# Where the time goes, from the database's own timestamps (a script for run_python): the call's first event
+# stored by the webhook → the job written by the inbox processor → its attempt started in a Celery worker →
+# attempt done; per job kind, p50 / p95 in seconds, with the jobs' most frequent answers.
+STAGES = """
+import json
+from collections import Counter
+from django.db.models import Count
+from calls.models import CallEvent, JobAttempt, OutboundJob
+
+def pct(values, q):
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else None
+
+received = {}
+for call_id, at in CallEvent.objects.exclude(call=None).order_by("received_at").values_list("call_id", "received_at"):
+    received.setdefault(call_id, at)
+stages = {}
+for attempt in JobAttempt.objects.select_related("job"):
+    job = attempt.job
+    if job.call_id not in received:
+        continue
+    row = stages.setdefault(job.kind, {"processed": [], "picked_up": [], "sent": []})
+    row["processed"].append((job.created_at - received[job.call_id]).total_seconds())
+    row["picked_up"].append((attempt.started_at - job.created_at).total_seconds())
+    row["sent"].append(attempt.duration_ms / 1000)
+answers = {}
+for kind, response in OutboundJob.objects.values_list("kind", "last_response"):
+    answers.setdefault(kind, Counter())[response[:80]] += 1
+print(json.dumps({
+    "events": dict(CallEvent.objects.values_list("status").annotate(n=Count("id"))),
+    "jobs": {f"{k}/{s}": n for k, s, n in OutboundJob.objects.values_list("kind", "status").annotate(n=Count("id"))},
+    "answers": {kind: dict(counter.most_common(5)) for kind, counter in answers.items()},
+    "stages_p50_p95": {
+        kind: {name: [pct(v, 0.5), pct(v, 0.95)] for name, v in row.items()} for kind, row in stages.items()
+    },
+}))
+"""
+
+
+def report(summary: dict[str, Any], json_path: Path | None, run: Path, *, keep: bool = False) -> None:
+    """Print the figures, also write them to `json_path` if given, and remove the run's directory of logs
+    unless asked to keep it."""
+    print(json.dumps(summary, indent=2))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(summary, indent=2))
+    if keep:
+        print(f"logs kept in {run}")
+    else:
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def run_directory(prefix: str) -> Path:

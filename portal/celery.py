@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery, signals
 
@@ -23,7 +24,11 @@ def _connect_logging() -> None:
     signals.task_postrun.connect(logs.on_task_postrun, weak=False)
 
 
-def _close_old_connections(**_: object) -> None:
+def _close_old_connections(task: Any = None, **_: Any) -> None:
+    """Not for a task run in the caller's process (`apply()`, eager): the connection is the caller's, perhaps
+    inside its transaction (Celery's own fixup skips those too)."""
+    if task is not None and getattr(task.request, "is_eager", False):
+        return
     from django.db import close_old_connections
 
     close_old_connections()

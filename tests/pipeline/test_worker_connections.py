@@ -44,3 +44,13 @@ def test_a_reused_connection_is_kept_while_it_is_young():
     portal_celery._close_old_connections()
 
     assert connection.connection is opened
+
+
+def test_a_task_run_in_the_callers_process_leaves_its_connection_alone():
+    connection.ensure_connection()
+    opened = connection.connection
+    connection.close_at = time.monotonic() - 1  # would be closed around a worker's task
+
+    tasks.relay.apply()  # eager: the caller's connection, perhaps inside its transaction
+
+    assert connection.connection is opened
