@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 
 DEFAULT_REGION = "RU"
@@ -14,6 +16,23 @@ class InvalidPhone(ValueError):
 def to_e164(raw: str, region: str = DEFAULT_REGION) -> str:
     """Parse a phone number in any common written form ('8 (916) 123-45-67', '79161234567', 'sip:+7916…@host')
     into E.164. Raises InvalidPhone when it is not a possible number."""
+    parsed, problem = _parse(raw or "", (region or DEFAULT_REGION).upper())
+    if problem:
+        raise InvalidPhone(problem)
+    return parsed
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse(raw: str, region: str) -> tuple[str, str]:
+    """(E.164, "") or ("", why not). Cached: a webhook parses its caller and line numbers, the line numbers
+    repeat on every call, and parsing is a good part of a webhook's own work."""
+    try:
+        return _parse_uncached(raw, region), ""
+    except InvalidPhone as exc:
+        return "", str(exc)
+
+
+def _parse_uncached(raw: str, region: str) -> str:
     text = (raw or "").strip()
     if text.lower().startswith(("sip:", "sips:", "tel:")):
         text = text.split(":", 1)[1]
@@ -21,7 +40,6 @@ def to_e164(raw: str, region: str = DEFAULT_REGION) -> str:
     if not text:
         raise InvalidPhone("empty phone number")
     digits = "".join(ch for ch in text if ch.isdigit())
-    region = (region or DEFAULT_REGION).upper()
     # Written in the tenant's national form first ('8 (495) …' is Moscow, not Vietnam); a number that is not
     # valid there but valid with a '+' in front ('79161234567' without '+') is taken as international.
     candidates = [text] if text.startswith("+") else [text, f"+{digits}"]

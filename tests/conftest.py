@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 from urllib.parse import urlsplit
 
 import pytest
@@ -83,6 +84,24 @@ def postgres_url() -> str:
         url = "postgres://postgres@127.0.0.1:5432/test"
     need_service("PostgreSQL", url, 5432)
     return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _worker_threads_close_their_connections():
+    """A worker started by a test (`start_worker`) runs its tasks in a thread of this process, and a worker keeps
+    its database connection from task to task (CELERY_DB_REUSE_MAX): that thread's connection would outlive it
+    and keep the test database from being dropped. Here such a thread closes it after each task."""
+    from celery import signals
+
+    def close(**_: object) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            from django.db import connections
+
+            connections.close_all()
+
+    signals.task_postrun.connect(close, weak=False, dispatch_uid="tests.worker-thread-connections")
+    yield
+    signals.task_postrun.disconnect(dispatch_uid="tests.worker-thread-connections")
 
 
 @pytest.fixture(scope="session", autouse=True)
