@@ -9,5 +9,5 @@ class IntegrationsConfig(AppConfig):
 
     def ready(self) -> None:
         # portal is no app of its own; its system checks are registered with the first app that loads.
-        import portal.checks  # noqa: F401
+        import portal.checks
         import portal.dbtime  # noqa: F401 - reads PostgreSQL timestamps with the C parser
