@@ -339,14 +339,10 @@ def drive_pipeline(crm: Any, fake: FakeRetailCrm, timeout: float) -> dict[str, A
     statuses = dict(
         OutboundJob.objects.filter(crm_connection=crm).values_list("status").annotate(n=models.Count("id"))
     )
-    cpu: dict[str, float] = {}
-    if first is not None and last[1] > first[1]:
-        requests = last[1] - first[1]
-        cpu = {name: round(1000 * (used - first[0][name]) / requests, 1) for name, used in last[0].items()}
     return {
         "statuses": statuses,
         "wall_seconds": round(time.monotonic() - started, 1),
-        "cpu_ms_per_upload_request": cpu,
+        "cpu_ms_per_upload_request": stack.cpu_ms_per(first[0], last[0], last[1] - first[1]) if first else {},
     }
 
 
@@ -393,10 +389,10 @@ def main() -> int:
         state = drive(crm, args.workers)
         adapter_only = {
             "calls_per_second_first_to_last_request": round(fake.rate_seen(), 1),
-            "cpu_ms_per_upload_request": {  # the adapter's threads and the fake share this process
-                name: round(1000 * (used - before[name]) / max(fake.accepted, 1), 1)
-                for name, used in (stack.cpu_seconds({}) if PIPELINE else {}).items()
-            },
+            # The adapter's threads and the fake share this process.
+            "cpu_ms_per_upload_request": stack.cpu_ms_per(before, stack.cpu_seconds({}), fake.accepted)
+            if PIPELINE
+            else {},
             "responses_503": fake.rejected_503,
             "duplicates_reported": fake.duplicates_reported,
         }

@@ -193,6 +193,13 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def cpu_ms_per(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """Milliseconds of CPU per unit of work (`count` of them) by group, between two cpu_seconds() readings."""
+    return {
+        name: round(1000 * (used - before.get(name, 0.0)) / max(count, 1), 1) for name, used in after.items()
+    }
+
+
 def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
     """A threaded HTTP server on a free loopback port, served from a daemon thread; it and its base URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
