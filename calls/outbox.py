@@ -48,6 +48,7 @@ STEADY_DELAY = 300
 JITTER = 0.2
 MAX_RETRY_AFTER = 3600
 CLAIM_LIMIT = 200
+PASS_LIMIT = CLAIM_LIMIT * 25  # the most due jobs one relay pass fetches
 HELD_GRACE = dt.timedelta(minutes=5)
 RECORDING_FETCH = "recording.fetch"
 
@@ -350,9 +351,15 @@ def claim_due(
 
 
 def release(job_ids: Sequence[int], owner: str) -> None:
-    OutboundJob.objects.filter(pk__in=list(job_ids), lease_owner=owner).update(
-        lease_owner="", lease_expires_at=None
-    )
+    release_claims([Claimed(owner, list(job_ids))])
+
+
+def release_claims(claims: Sequence[Claimed]) -> None:
+    """Give the claims' jobs back at once: one UPDATE (each claim's owner is its own)."""
+    owners = [claimed.owner for claimed in claims if claimed.owner]
+    OutboundJob.objects.filter(
+        lease_owner__in=owners, pk__in=[pk for c in claims for pk in c.job_ids]
+    ).update(lease_owner="", lease_expires_at=None)
 
 
 BACKLOG_KEY = "outbox:backlog"
@@ -400,9 +407,9 @@ def relay(publish: Callable[[str, list[int]], Any], expire: bool = True) -> int:
         mark_backlog(True)
         return 0
     sent = 0
-    claims = claim_due(min(CLAIM_LIMIT * 25, free * largest_batch()), now, max_claims=free)
+    claims = claim_due(min(PASS_LIMIT, free * largest_batch()), now, max_claims=free)
     # Capacity used up (or more due than one pass fetches): finished tasks should refill at once.
-    mark_backlog(len(claims) >= free or sum(len(c.job_ids) for c in claims) >= CLAIM_LIMIT * 25)
+    mark_backlog(len(claims) >= free or sum(len(c.job_ids) for c in claims) >= PASS_LIMIT)
     for index, claimed in enumerate(claims):
         try:
             publish(claimed.owner, claimed.job_ids)
@@ -411,8 +418,7 @@ def relay(publish: Callable[[str, list[int]], Any], expire: bool = True) -> int:
             # The broker is down: release this claim and the rest at once rather than wait out its timeout
             # once per claim.
             logger.warning("relay: could not publish %s job(s): %s", len(claimed.job_ids), exc)
-            for rest in claims[index:]:
-                release(rest.job_ids, rest.owner)
+            release_claims(claims[index:])
             break
     return sent
 

@@ -29,7 +29,7 @@ from django.db import transaction
 from django.db.models import Min, Q, QuerySet
 from django.utils import timezone
 
-from calls import inbox, services
+from calls import services
 from calls.events import NormalisedEvent
 from calls.models import Call, CallEvent
 from integrations.models import PbxConnection
@@ -57,7 +57,7 @@ def ingest(pbx_connection: PbxConnection, events: Sequence[NormalisedEvent]) -> 
     """Store the events and apply them now, in this process. For code that already runs in a worker (a job
     that learnt more about a call); webhooks only store (calls.inbox). Waits for a processor that holds the
     call; an event in backoff is applied too."""
-    inbox.store(pbx_connection, events, get_provider(pbx_connection).secret_values())
+    get_provider(pbx_connection).store_events(events)
     calls = []
     for provider_call_id in dict.fromkeys(e.provider_call_id for e in events):
         process_call(pbx_connection.pk, provider_call_id, wait=True, connection=pbx_connection)
@@ -314,12 +314,7 @@ def _apply(
 ) -> Call:
     new = sorted((_settled(adapter, row) for row in rows), key=lambda e: e.order_key)
     call, created = _lock_call(pbx_connection, provider_call_id)
-    applied = [
-        NormalisedEvent.from_record(normalised, raw)
-        for normalised, raw in CallEvent.objects.filter(call=call, status=CallEvent.DONE)
-        .order_by("order_key", "id")
-        .values_list("normalised", "raw")
-    ]
+    applied = [] if created else services.stored_events(call)
     all_events = sorted([*applied, *new], key=lambda e: e.order_key)
     CallEvent.objects.filter(pk__in=[row.pk for row in rows]).update(
         call=call, status=CallEvent.DONE, processed_at=now, next_attempt_at=None, last_error=""

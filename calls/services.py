@@ -44,8 +44,10 @@ RECORDING_ORDER_KEY = "~~recording"
 def stored_events(call: Call) -> list[NormalisedEvent]:
     """The call's applied events, in order. raw too: recompute() reads an adapter's `_note` from it
     (Call.completion_note)."""
-    rows = call.events.filter(status=CallEvent.DONE).order_by("order_key", "id")
-    return [NormalisedEvent.from_record(e.normalised, e.raw) for e in rows]
+    rows = (
+        call.events.filter(status=CallEvent.DONE).order_by("order_key", "id").values_list("normalised", "raw")
+    )
+    return [NormalisedEvent.from_record(normalised, raw) for normalised, raw in rows]
 
 
 def apply_events(

@@ -20,21 +20,14 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections, connection
 
-from calls import outbox, processor
-from calls.tasks import publish_claim
+from calls.tasks import drain_and_relay
 
 logger = logging.getLogger("callbridge.inbox")
 
 
 def run_pass() -> int:
     close_old_connections()
-    applied = processor.drain(max_passes=100)
-    if applied:
-        try:
-            outbox.relay(publish_claim)
-        except Exception:  # beat's relay pass will publish them
-            logger.exception("inbox: relay pass after applying events failed")
-    return applied
+    return drain_and_relay(max_passes=100)
 
 
 class Command(BaseCommand):

@@ -139,8 +139,18 @@ class MangoProvider(MangoWebhooks, MangoApi, MangoReconciliation, MangoSimulatio
         return None if setting == "auto" else (_int(setting, 0) or 0)
 
     def settle_event(self, event: NormalisedEvent, received_at: dt.datetime) -> NormalisedEvent:
-        """Shift a webhook's event by the detected clock offset: its time stamp and the second its order key
-        starts with (every Mango order key does: wire._order_key)."""
+        """Finish a webhook's event: keep a summary's answerer only if it is a known employee (to.extension may
+        name a group), and shift the event by the detected clock offset: its time stamp and the second its
+        order key starts with (every Mango order key does: wire._order_key)."""
+        answerer = event.settle.get("answerer")
+        if answerer:
+            from integrations.models import Extension
+
+            known = Extension.objects.filter(
+                tenant_id=self.connection.tenant_id, number=answerer, kind=Extension.USER
+            ).exists()
+            if not known:
+                event = replace(event, extension="", extensions=())
         if "clock" not in event.settle:
             return event
         offset = self._offset(event.settle.get("clock") or None, received_at)

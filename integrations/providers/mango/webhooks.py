@@ -212,7 +212,6 @@ class MangoWebhooks:
         """The final word on the call, plus its start and answer, so a call whose leg notifications were lost
         still has its times and its employee. Derived events have their own dedupe keys."""
         from calls.events import NormalisedEvent
-        from integrations.models import Extension
 
         entry_id = _text(data.get("entry_id"))
         party_from = data.get("from") if isinstance(data.get("from"), dict) else {}
@@ -255,11 +254,9 @@ class MangoWebhooks:
         if answered:
             answer_when = self._when(talked, offset)
             who = employee
-            # For an incoming call to.extension may name a group; only a known employee counts as who answered.
-            if direction == "in" and who:
-                tenant_id = self.connection.tenant_id
-                known = Extension.objects.filter(tenant_id=tenant_id, number=who, kind=Extension.USER)
-                who = who if known.exists() else ""
+            # For an incoming call to.extension may name a group; only a known employee counts as who answered,
+            # which the processor checks (settle_event: the webhook does not read the directory).
+            check = {"answerer": who} if direction == "in" and who else {}
             events.append(
                 NormalisedEvent(
                     kind="answered",
@@ -270,7 +267,7 @@ class MangoWebhooks:
                     extension=who,
                     extensions=(who,) if who else (),
                     raw={"derived_from": "events/summary"},
-                    **common,
+                    **{**common, "settle": {**common["settle"], **check}},
                 )
             )
         events.append(
@@ -404,9 +401,11 @@ class MangoWebhooks:
         if not command_id:
             logger.info("mango %s: %s without command_id (result %s)", self.connection, action, code)
             return []
-        request = OriginateRequest.objects.filter(
-            pbx_connection=self.connection, correlation_id=command_id
-        ).first()
+        request = (
+            OriginateRequest.objects.select_related("call")
+            .filter(pbx_connection=self.connection, correlation_id=command_id)
+            .first()
+        )
         if request is not None and not is_success(code):
             OriginateRequest.objects.filter(pk=request.pk).update(
                 status=OriginateRequest.FAILED, error=f"Mango result {code}: {describe(code)}"
