@@ -294,15 +294,19 @@ def _lock_call(pbx_connection: PbxConnection, provider_call_id: str) -> tuple[Ca
     return call, created
 
 
-def _settled(adapter: Any, row: CallEvent) -> NormalisedEvent:
+SETTLED_FIELDS = ["order_key", "occurred_at", "kind", "normalised"]
+
+
+def _settled(adapter: Any, row: CallEvent) -> tuple[NormalisedEvent, bool]:
+    """The row's event, finished by the adapter when the webhook left `settle` hints; then the row's
+    SETTLED_FIELDS are set to match (not saved: _apply writes them with the row's new status). True when so."""
     event = NormalisedEvent.from_record(row.normalised, row.raw)
     if not event.settle:
-        return event
+        return event, False
     event = replace(adapter.settle_event(event, row.received_at), settle={})
     row.order_key, row.occurred_at, row.kind = event.order_key, event.timestamp, event.kind
     row.normalised = event.as_record()
-    row.save(update_fields=["order_key", "occurred_at", "kind", "normalised"])
-    return event
+    return event, True
 
 
 def _apply(
@@ -312,12 +316,27 @@ def _apply(
     rows: Sequence[CallEvent],
     now: dt.datetime,
 ) -> Call:
-    new = sorted((_settled(adapter, row) for row in rows), key=lambda e: e.order_key)
+    settled = [(row, *_settled(adapter, row)) for row in rows]
+    new = sorted((event for _row, event, _changed in settled), key=lambda e: e.order_key)
     call, created = _lock_call(pbx_connection, provider_call_id)
     applied = [] if created else services.stored_events(call)
     all_events = sorted([*applied, *new], key=lambda e: e.order_key)
-    CallEvent.objects.filter(pk__in=[row.pk for row in rows]).update(
-        call=call, status=CallEvent.DONE, processed_at=now, next_attempt_at=None, last_error=""
-    )
+    # Marked done in one statement for the rows as stored, one for the rows settle_event() changed.
+    done = {
+        "call": call,
+        "status": CallEvent.DONE,
+        "processed_at": now,
+        "next_attempt_at": None,
+        "last_error": "",
+    }
+    changed = [row for row, _event, was_changed in settled if was_changed]
+    unchanged = [row.pk for row, _event, was_changed in settled if not was_changed]
+    if unchanged:
+        CallEvent.objects.filter(pk__in=unchanged).update(**done)
+    if changed:
+        for row in changed:
+            for field, value in done.items():
+                setattr(row, field, value)
+        CallEvent.objects.bulk_update(changed, [*SETTLED_FIELDS, *done])
     services.apply_events(call, created, new, all_events, adapter)
     return call
