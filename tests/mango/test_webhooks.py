@@ -13,9 +13,9 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from calls.models import Call, CallEvent, OriginateRequest, OutboundJob, Recording
-from integrations.models import PbxConnection
+from integrations.models import Extension, PbxConnection
 from integrations.providers.base import get_provider
-from tests.factories import PbxConnectionFactory
+from tests.factories import ExtensionFactory, PbxConnectionFactory
 from tests.mango.support import API_KEY, API_SALT, T0, compact, deliver, form, load, mango_sign, notices, post
 from tests.webhook_security import WebhookSecurityContract
 
@@ -350,6 +350,30 @@ def test_the_summary_gives_direction_and_the_outcome_of_an_unanswered_outgoing_c
     assert (call.direction, call.result, call.initiating_extension) == ("out", "busy", "101")
     assert call.client_phone == "+79031234567"
     assert call.final_for_crm
+
+
+@pytest.mark.parametrize(("to_extension", "answered_by"), [("101", "101"), ("500", "")])
+def test_a_summary_alone_names_who_answered_only_when_it_is_an_employee_not_a_group(
+    client, pbx, crm, extensions, to_extension, answered_by
+):
+    ExtensionFactory(tenant=pbx.tenant, number="500", name="Sales", kind=Extension.GROUP)
+    summary = {
+        "entry_id": f"E-answered-{to_extension}",
+        "call_direction": 1,
+        "from": {"number": "79161234567"},
+        "to": {"extension": to_extension, "number": "74951234567"},
+        "line_number": "74951234567",
+        "create_time": T0,
+        "forward_time": T0 + 2,
+        "talk_time": T0 + 5,
+        "end_time": T0 + 65,
+        "entry_result": 1,
+        "disconnect_reason": 1110,
+    }
+    assert post(client, pbx, "events/summary", summary).status_code == 200
+    call = Call.objects.get()
+    assert call.result == "answered"
+    assert call.last_answered_extension == answered_by
 
 
 def test_an_ivr_only_call_is_not_answered_although_mango_says_entry_result_1(client, pbx, crm, extensions):
